@@ -1,0 +1,27 @@
+# `make demo` and `make test` work on a fresh machine with nothing but Python 3 and pip:
+# each creates .venv in the checkout when it is missing and installs medzoo (editable) into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medzoo-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medzoo plugins
+	$(BIN)/medzoo list archs
+	$(BIN)/medzoo list sources
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

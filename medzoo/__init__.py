@@ -1,0 +1,52 @@
+"""medzoo: a plugin-based model zoo for multi-stage transfer learning in medical imaging."""
+
+from .hookspecs import hookimpl
+from .registry import (ArchSpec, DatasetSpec, FreezePolicySpec, MedzooError, WeightSourceSpec,
+                       registry as _registry)
+from .models import create_model
+
+__version__ = "0.1.0"
+
+
+def list_archs() -> list[ArchSpec]:
+    """All registered architectures, sorted by name."""
+    return _registry().list("archs")
+
+
+def list_datasets() -> list[DatasetSpec]:
+    """All registered datasets, sorted by name."""
+    return _registry().list("datasets")
+
+
+def list_policies() -> list[FreezePolicySpec]:
+    """All registered freeze policies, sorted by name."""
+    return _registry().list("policies")
+
+
+def list_sources() -> list[WeightSourceSpec]:
+    """All registered weight sources, sorted by name."""
+    return _registry().list("sources")
+
+
+def get_arch(name: str) -> ArchSpec:
+    """The architecture spec for ``name`` (``swin_t``, ``timm:convnext_tiny``, ``resnet50@truncate=1``)."""
+    return _registry().resolve("archs", name).spec
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    return _registry().resolve("datasets", name).spec
+
+
+def get_policy(name: str) -> FreezePolicySpec:
+    return _registry().resolve("policies", name).spec
+
+
+def get_source(name: str) -> WeightSourceSpec:
+    return _registry().resolve("sources", name).spec
+
+
+__all__ = [
+    "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "MedzooError", "hookimpl",
+    "create_model", "get_arch", "get_dataset", "get_policy", "get_source",
+    "list_archs", "list_datasets", "list_policies", "list_sources", "__version__",
+]

@@ -1,0 +1,5 @@
+"""``python -m medzoo`` (and ``torchrun -m medzoo``) run the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""The ``medzoo`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+
+import click
+
+from . import __version__
+from .registry import KINDS, MedzooError, MedzooPluginWarning, display_name, registry
+
+
+class MedzooGroup(click.Group):
+    """Turns MedzooError into a one-line ``Error: …`` and exit code 1, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MedzooError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=MedzooGroup)
+@click.version_option(__version__, prog_name="medzoo")
+def cli():
+    """medzoo: multi-stage transfer learning for medical imaging."""
+
+
+def spec_dict(spec) -> dict:
+    """A spec's plain fields (callables left out), for --json and `medzoo info`."""
+    out = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if not callable(value):
+            out[f.name] = dict(value) if hasattr(value, "items") else value
+    out["name"] = display_name(spec)
+    return out
+
+
+COLUMNS = {
+    "archs": ("name", "task", "family", "input_size", "plugin", "description"),
+    "datasets": ("name", "task", "classes", "modality", "body_part", "plugin"),
+    "policies": ("name", "plugin", "description"),
+    "sources": ("name", "plugin", "description"),
+}
+
+
+def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
+    def cell(value) -> str:
+        if isinstance(value, (list, tuple)):
+            return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(len(value))
+        return str(value)
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(list(KINDS)))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(kind, as_json):
+    """List registered archs, datasets, (freeze) policies or (weight) sources."""
+    rows = [spec_dict(s) for s in registry().list(kind)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        print_table(rows, COLUMNS[kind])
+
+
+@cli.command()
+@click.argument("name")
+def info(name):
+    """Describe one entry: what it is, which plugin provides it, its defaults."""
+    reg = registry()
+    found = []
+    for kind in KINDS:
+        try:
+            found.append((kind, reg.resolve(kind, name)))
+        except MedzooError:
+            continue
+    if not found:
+        reg.resolve("archs", name)  # raises with the did-you-mean of the most common case
+    for kind, ref in found:
+        d = spec_dict(ref.spec)
+        plugin = reg.plugins.get(ref.spec.plugin)
+        click.echo(f"{d.pop('name')} ({KINDS[kind].noun})")
+        if plugin:
+            click.echo(f"  plugin: {plugin.name} (package {plugin.package} {plugin.version})")
+        d.pop("plugin", None)
+        if ref.arg:
+            click.echo(f"  argument: {ref.arg}")
+        for key, value in ref.options.items():
+            click.echo(f"  option {key}: {value}")
+        for key, value in d.items():
+            if value in ("", None, {}, ()) or key in ("takes_arg", "arg_help", "arg_required"):
+                continue
+            if isinstance(value, dict):
+                click.echo(f"  {key}:")
+                for k, v in value.items():
+                    click.echo(f"    {k}: {v}")
+            else:
+                click.echo(f"  {key}: {', '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json):
+    """Installed plugins, their package version and the hooks they implement."""
+    rows = [dataclasses.asdict(p) for p in registry().plugins.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for p in rows:
+        status = f"FAILED: {p['error']}" if p["error"] else ", ".join(p["hooks"])
+        click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
+
+
+def _format_warning(message, category, *args, **kwargs):
+    if issubclass(category, MedzooPluginWarning):
+        return f"medzoo: warning: {message}\n"
+    return _default_format(message, category, *args, **kwargs)
+
+
+_default_format = warnings.formatwarning
+
+
+def main(argv: list[str] | None = None) -> None:
+    warnings.formatwarning = _format_warning
+    try:
+        registry().add_commands(cli)
+    except MedzooError as exc:  # e.g. two plugins claiming one name: nothing can work until it is fixed
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli.main(args=argv, prog_name="medzoo")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The hooks a medzoo plugin can implement (entry-point group ``medzoo``)."""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("medzoo")
+hookimpl = pluggy.HookimplMarker("medzoo")
+
+
+@hookspec
+def register_archs(register):
+    """Register architectures: call ``register(ArchSpec(...))`` for each."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: call ``register(DatasetSpec(...))`` for each."""
+
+
+@hookspec
+def register_freeze_policies(register):
+    """Register freeze policies: call ``register(FreezePolicySpec(...))`` for each."""
+
+
+@hookspec
+def register_weight_sources(register):
+    """Register weight sources (the first element of ``--stages``): call ``register(WeightSourceSpec(...))``."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands or groups to the ``medzoo`` command line group ``cli``."""

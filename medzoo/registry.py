@@ -1,0 +1,307 @@
+"""Plugin discovery and the registry of architectures, datasets, freeze policies and weight sources.
+
+Every plugin, first-party or not, is a module named by an entry point in the ``medzoo`` group.
+Names may carry an argument (``timm:convnext_tiny``, ``file:/w.safetensors``, ``top:2``) and,
+for architectures, options (``resnet50@truncate=1``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "medzoo"
+TASKS = ("classification", "multilabel", "segmentation")
+
+
+class MedzooError(Exception):
+    """A user-facing error: one line that names the problem and the fix."""
+
+
+class MedzooPluginWarning(UserWarning):
+    """A plugin failed to load or raised in a hook and was skipped."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """An architecture. ``build(num_classes=, in_chans=, img_size=, arg=, **options)`` returns an nn.Module."""
+
+    name: str
+    build: Callable[..., Any]
+    task: str = "classification"
+    family: str = ""
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    timm_name: str | None = None  # stock timm architecture, so published weights load in plain timm
+    description: str = ""
+    takes_arg: bool = False  # used as ``name:<arg>``
+    arg_help: str = ""
+    arg_required: bool = True
+    options: Mapping[str, str] = field(default_factory=dict)  # ``@key=value`` options -> what they do
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset. ``open(root=, arg=)`` returns a ``medzoo.data.DataSource`` for the data under ``root``."""
+
+    name: str
+    open: Callable[..., Any]
+    task: str = "classification"
+    classes: tuple[str, ...] = ()  # empty when only the data knows them (imagefolder, medagg)
+    modality: str = ""
+    body_part: str = ""
+    recipe: Mapping[str, Any] = field(default_factory=dict)  # default training recipe for a stage on it
+    license: str = ""
+    description: str = ""
+    docs: str = ""
+    takes_arg: bool = False
+    arg_help: str = ""
+    arg_required: bool = True
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class FreezePolicySpec:
+    """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=)`` sets ``requires_grad`` at each
+    epoch start and may return ``{param_name: lr_scale}``."""
+
+    name: str
+    apply: Callable[..., Any]
+    description: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+    takes_arg: bool = False
+    arg_help: str = ""
+    arg_required: bool = True
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class WeightSourceSpec:
+    """Where a chain's first weights come from. ``load(arch=, arg=)`` returns a ``medzoo.models.SourceWeights``."""
+
+    name: str
+    load: Callable[..., Any]
+    description: str = ""
+    takes_arg: bool = False
+    arg_help: str = ""
+    arg_required: bool = True
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Kind:
+    key: str
+    noun: str
+    spec: type
+    hook: str
+
+
+KINDS: dict[str, Kind] = {
+    k.key: k
+    for k in (
+        Kind("archs", "architecture", ArchSpec, "register_archs"),
+        Kind("datasets", "dataset", DatasetSpec, "register_datasets"),
+        Kind("policies", "freeze policy", FreezePolicySpec, "register_freeze_policies"),
+        Kind("sources", "weight source", WeightSourceSpec, "register_weight_sources"),
+    )
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    package: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A name resolved against the registry: the spec plus the name's argument and options."""
+
+    spec: Any
+    arg: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    name: str = ""
+
+
+def display_name(spec: Any) -> str:
+    if not spec.takes_arg:
+        return spec.name
+    arg = f":<{spec.arg_help or 'arg'}>"
+    return spec.name + (arg if spec.arg_required else f"[{arg}]")
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        self.plugins: dict[str, PluginInfo] = {}
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+
+    # -- building -------------------------------------------------------------------------
+    def add(self, kind: str, spec: Any, plugin: str) -> None:
+        k = KINDS[kind]
+        old = self.entries[kind].get(spec.name)
+        if old is not None:
+            raise MedzooError(
+                f"{k.noun} '{spec.name}' is registered by two plugins: {self._who(old.plugin)} and "
+                f"{self._who(plugin)}; uninstall one, or pick one with MEDZOO_LOAD_PLUGINS"
+            )
+        self.entries[kind][spec.name] = replace(spec, plugin=plugin)
+
+    def _who(self, plugin: str) -> str:
+        info = self.plugins.get(plugin)
+        return f"'{plugin}' (package {info.package})" if info else f"'{plugin}'"
+
+    def load_entry_points(self, only: set[str] | None = None) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if only is not None and ep.name not in only:
+                continue
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(ep.name, dist.name if dist else "?", dist.version if dist else "?")
+            if ep.name in self.plugins:
+                _warn(f"plugin name '{ep.name}' from package {info.package} is already taken by package "
+                      f"{self.plugins[ep.name].package}; skipped")
+                continue
+            self.plugins[ep.name] = info
+            try:
+                self.pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken plugin must not break medzoo
+                info.error = f"{type(exc).__name__}: {exc}"
+                _warn(f"plugin '{ep.name}' from package {info.package} failed to load and was skipped: {info.error}")
+
+    def call_register_hooks(self) -> None:
+        for kind, k in KINDS.items():
+            for impl in getattr(self.pm.hook, k.hook).get_hookimpls():
+                staged: list[Any] = []
+                try:
+                    impl.function(register=staged.append)
+                    for spec in staged:
+                        _validate(k, spec)
+                except Exception as exc:
+                    self._hook_failed(impl.plugin_name, k.hook, exc)
+                    continue
+                for spec in staged:
+                    self.add(kind, spec, impl.plugin_name)
+        for name, plugin in self.pm.list_name_plugin():
+            if name in self.plugins:
+                self.plugins[name].hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+
+    def _hook_failed(self, plugin: str, hook: str, exc: Exception) -> None:
+        info = self.plugins.get(plugin)
+        msg = f"{type(exc).__name__}: {exc}"
+        if info is not None:
+            info.error = f"{hook}: {msg}"
+        _warn(f"plugin {self._who(plugin)} raised in {hook} and was skipped: {msg}")
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                self._hook_failed(impl.plugin_name, "register_commands", exc)
+
+    # -- lookup ---------------------------------------------------------------------------
+    def list(self, kind: str) -> list[Any]:
+        return sorted(self.entries[kind].values(), key=lambda s: s.name)
+
+    def resolve(self, kind: str, name: str) -> Ref:
+        """Resolve ``base[:arg]`` (and ``@key=value,...`` options for architectures)."""
+        k = KINDS[kind]
+        if not isinstance(name, str) or not name.strip():
+            raise MedzooError(f"empty {k.noun} name; `medzoo list {kind}` shows the choices")
+        base, options = name, {}
+        if kind == "archs" and "@" in name:
+            base, _, opts = name.partition("@")
+            options = _parse_options(opts, name)
+        base, sep, arg = base.partition(":")
+        spec = self.entries[kind].get(base)
+        if spec is None:
+            raise MedzooError(f"unknown {k.noun} '{name}'{self._suggest(kind, base)} "
+                              f"(`medzoo list {kind}` shows all)")
+        if spec.takes_arg and spec.arg_required and not arg:
+            raise MedzooError(f"{k.noun} '{base}' needs an argument: write it as '{display_name(spec)}'")
+        if sep and not spec.takes_arg:
+            raise MedzooError(f"{k.noun} '{base}' takes no ':' argument; write it as '{base}'")
+        for key in options:
+            if key not in getattr(spec, "options", {}):
+                allowed = ", ".join(getattr(spec, "options", {})) or "none"
+                hint = _did_you_mean(key, list(getattr(spec, "options", {})))
+                raise MedzooError(f"{k.noun} '{base}' has no option '{key}'{hint} (its options: {allowed})")
+        return Ref(spec=spec, arg=arg or None, options=options, name=name)
+
+    def _suggest(self, kind: str, base: str) -> str:
+        names = [display_name(s) for s in self.entries[kind].values()]
+        hit = _did_you_mean(base, names)
+        if hit:
+            return hit
+        # the name may belong to another kind (`medzoo train swin_t --stages swin_t,...`)
+        for other, entries in self.entries.items():
+            if other != kind and base in entries:
+                return f" ('{base}' is a {KINDS[other].noun})"
+        return ""
+
+
+def _validate(k: Kind, spec: Any) -> None:
+    if not isinstance(spec, k.spec):
+        raise TypeError(f"{k.hook} registered {spec!r}; expected a {k.spec.__name__}")
+    if getattr(spec, "task", TASKS[0]) not in TASKS:
+        raise ValueError(f"{k.noun} '{spec.name}' has task '{spec.task}', not one of {', '.join(TASKS)}")
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    bare = {c.split(":")[0].split("[")[0]: c for c in choices}
+    hits = difflib.get_close_matches(name, list(bare), n=3, cutoff=0.6)
+    if not hits:
+        return ""
+    return "; did you mean " + " or ".join(f"'{bare[h]}'" for h in hits) + "?"
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """'; did you mean 'x'?' for the closest choices, or '' (for plugins that validate arguments)."""
+    return _did_you_mean(name, choices)
+
+
+def _parse_options(text: str, name: str) -> dict[str, str]:
+    options = {}
+    for part in filter(None, text.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key or not value:
+            raise MedzooError(f"bad option '{part}' in '{name}': write options as NAME@key=value[,key=value]")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, MedzooPluginWarning, stacklevel=3)
+
+
+_REGISTRY: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, built on first use from the installed plugins."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        only = os.environ.get("MEDZOO_LOAD_PLUGINS")
+        reg = Registry()
+        reg.load_entry_points({p.strip() for p in only.split(",") if p.strip()} if only is not None else None)
+        reg.call_register_hooks()
+        _REGISTRY = reg
+    return _REGISTRY
+
+
+def reset() -> None:
+    """Forget the registry so the next lookup re-reads the installed plugins (tests, notebooks)."""
+    global _REGISTRY
+    _REGISTRY = None

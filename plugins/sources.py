@@ -1,0 +1,51 @@
+"""Weight sources for the first element of ``--stages``: imagenet, imagenet:<tag>, scratch, file:<path>."""
+
+from __future__ import annotations
+
+from medzoo import hookimpl
+from medzoo.models import SourceWeights, load_safetensors, sha256_file, stock_timm_name
+from medzoo.registry import MedzooError, WeightSourceSpec, did_you_mean
+
+
+def load_imagenet(*, arch, arg=None) -> SourceWeights:
+    import timm
+
+    name = stock_timm_name(arch)
+    if name is None:
+        raise MedzooError(f"'{arch.name}' is not a timm model, so it has no timm ImageNet weights; "
+                          "start the chain with 'scratch' or 'file:<path>'")
+    tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{name}.*")]
+    if not tags:
+        raise MedzooError(f"timm has no pretrained weights for '{name}'; start the chain with 'scratch'")
+    if arg is not None and arg not in tags:
+        raise MedzooError(f"timm has no '{arg}' weights for {name}{did_you_mean(arg, tags)}; available: {', '.join(tags)}")
+    full = f"{name}.{arg}" if arg else name
+    try:
+        model = timm.create_model(full, pretrained=True)
+    except Exception as exc:  # offline, no cache, hub error: all end the same way for the user
+        raise MedzooError(f"could not get the ImageNet weights '{full}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                          "connect to the Hugging Face Hub once (they are cached), or start with 'scratch' or 'file:<path>'") from None
+    cfg = dict(model.pretrained_cfg)
+    return SourceWeights(model.state_dict(), tag=f"imagenet:{cfg.get('tag') or arg or 'default'}", pretrained_cfg=cfg)
+
+
+def load_scratch(*, arch, arg=None) -> SourceWeights:
+    return SourceWeights(None, tag="scratch")
+
+
+def load_file(*, arch, arg=None) -> SourceWeights:
+    sd = load_safetensors(arg)
+    digest = sha256_file(arg)
+    return SourceWeights(sd, tag=f"file:{digest[:12]}", sha256=digest)
+
+
+@hookimpl
+def register_weight_sources(register):
+    register(WeightSourceSpec(
+        "imagenet", load_imagenet,
+        "timm's ImageNet-pretrained weights: the default tag, or imagenet:<tag> for another upstream pretraining "
+        "(e.g. imagenet:fb_ssl_yfcc100m_ft_in1k for resnet50, imagenet:ms_in22k for swin_t)",
+        takes_arg=True, arg_required=False, arg_help="timm tag"))
+    register(WeightSourceSpec("scratch", load_scratch, "random initialisation (no pretraining)"))
+    register(WeightSourceSpec("file", load_file, "a local .safetensors file of weights for the architecture",
+                              takes_arg=True, arg_help="path.safetensors"))

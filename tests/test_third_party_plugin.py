@@ -1,0 +1,111 @@
+"""A real third-party package, installed with pip, is discovered without touching medzoo's code."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import run_cli
+
+PLUGIN = '''
+import click
+import torch
+from medzoo import hookimpl, ArchSpec, DatasetSpec
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, num_classes, in_chans):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_chans, 4, 3)
+        self.fc = torch.nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@hookimpl
+def register_archs(register):
+    register(ArchSpec(name="acme_net", build=lambda *, num_classes, in_chans=3, **kw: Tiny(num_classes, in_chans),
+                      family="acme", input_size=(1, 32, 32), description="Acme's tiny CNN"))
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec(name="acme_xray", open=lambda **kw: None, classes=("normal", "abnormal"),
+                         modality="XR", body_part="chest", license="CC0", description="Acme's X-rays"))
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command()
+    def acme():
+        """Say hello from the acme plugin."""
+        click.echo("hello from acme")
+'''
+
+
+def _package(root, name, module_name, module_source):
+    pkg = root / name
+    pkg.mkdir()
+    (pkg / f"{module_name}.py").write_text(module_source)
+    (pkg / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{name}"
+        version = "1.2.3"
+        [project.entry-points.medzoo]
+        {module_name} = "{module_name}"
+        [tool.setuptools]
+        py-modules = ["{module_name}"]
+    """))
+    return pkg
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("thirdparty")
+    target = root / "site"
+    good = _package(root, "medzoo-acme", "medzoo_acme", PLUGIN)
+    broken = _package(root, "medzoo-broken", "medzoo_broken", "raise ImportError('needs acme-sdk>=2')\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(good), str(broken)], check=True, capture_output=True)
+    return str(target)
+
+
+def _env(site):
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
+
+
+def test_installed_plugin_is_discovered(site):
+    proc = run_cli("list", "archs", env=_env(site))
+    assert "acme_net" in proc.stdout and "swin_t" in proc.stdout
+    datasets = json.loads(run_cli("list", "datasets", "--json", env=_env(site)).stdout)
+    assert {"name": "acme_xray", "plugin": "medzoo_acme"}.items() <= {d["name"]: d for d in datasets}["acme_xray"].items()
+    info = run_cli("info", "acme_net", env=_env(site)).stdout
+    assert "plugin: medzoo_acme (package medzoo-acme 1.2.3)" in info and "Acme's tiny CNN" in info
+    assert run_cli("acme", env=_env(site)).stdout.strip() == "hello from acme"
+
+
+def test_broken_plugin_is_reported_and_skipped(site):
+    proc = run_cli("list", "archs", env=_env(site))
+    assert proc.returncode == 0
+    assert "plugin 'medzoo_broken' from package medzoo-broken failed to load" in proc.stderr
+    assert "needs acme-sdk>=2" in proc.stderr
+    assert "FAILED" in run_cli("plugins", env=_env(site)).stdout
+
+
+def test_installed_arch_trains_forward_in_process(site, monkeypatch):
+    monkeypatch.syspath_prepend(site)
+    import importlib
+
+    importlib.invalidate_caches()
+    import medzoo
+    import torch
+
+    model = medzoo.create_model("acme_net", num_classes=2, in_chans=1)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
