@@ -1,0 +1,241 @@
+"""The contract between dataset plugins and the trainer, plus what every dataset needs:
+where its files are, patient-level splits with a leakage check, a fingerprint, and tensors.
+
+A dataset plugin's ``open(root=, arg=)`` returns a :class:`DataSource`: a list of :class:`Record`
+rows (one per image) and a ``read`` that turns a row into pixels. Everything after that —
+channel adaptation, resizing, augmentation, normalisation — is the same for every dataset and lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .registry import MedzooError, registry
+
+SPLITS = ("train", "val", "test")
+DOCS_URL = "https://github.com/medzoo/medzoo/blob/main/docs/datasets/{name}.md"
+
+
+@dataclass
+class Record:
+    """One image of a dataset."""
+
+    id: str  # stable and unique within the source (usually the path relative to the root)
+    label: Any  # class index; a multi-hot list for multilabel; None for segmentation
+    split: str  # train | val | test
+    patient: str | None = None  # patient / slide id: splits never share one
+    mask: Any = None  # segmentation: what ``DataSource.read_mask`` needs
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DataSource:
+    """What a dataset plugin hands the trainer. Subclass and implement ``read`` (and ``read_mask``)."""
+
+    def __init__(self, name: str, task: str, classes: Sequence[str], records: list[Record], *,
+                 ignore_index: int | None = None, meta: dict[str, Any] | None = None):
+        self.name = name
+        self.task = task
+        self.classes = list(classes)
+        self.records = records
+        self.ignore_index = ignore_index  # segmentation: mask value that is not a class (loss and metrics skip it)
+        self.meta = meta or {}
+
+    def read(self, record: Record) -> np.ndarray:
+        """Pixels as H×W (grey) or H×W×3 (RGB): uint8, uint16 or float32 in [0, 1]."""
+        raise NotImplementedError
+
+    def read_mask(self, record: Record) -> np.ndarray:
+        """Segmentation: H×W integer class codes aligned with ``read(record)``."""
+        raise NotImplementedError(f"dataset '{self.name}' has no masks")
+
+    def split(self, name: str) -> list[Record]:
+        return [r for r in self.records if r.split == name]
+
+    def fingerprint(self) -> str:
+        """sha256 of what the data *is* (ids, labels, splits, patients, classes) — not where it lives."""
+        rows = [[r.id, r.label, r.split, r.patient] for r in sorted(self.records, key=lambda r: r.id)]
+        blob = json.dumps({"name": self.name, "task": self.task, "classes": self.classes, "rows": rows},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ArraySource(DataSource):
+    """A data source whose pixels are already in memory (synthetic data, MedMNIST npz)."""
+
+    def __init__(self, name, task, classes, records, images, masks=None, **kw):
+        super().__init__(name, task, classes, records, **kw)
+        self.images = images  # indexable by Record.meta['index']
+        self.masks = masks
+
+    def read(self, record):
+        return self.images[record.meta["index"]]
+
+    def read_mask(self, record):
+        if self.masks is None:
+            return super().read_mask(record)
+        return self.masks[record.meta["index"]]
+
+
+# -- where the files are ------------------------------------------------------------------------
+
+def data_root(name: str, root: str | Path | None = None, *, must_exist: bool = True) -> Path:
+    """``root`` if given, else ``$MEDZOO_DATA_<NAME>``, else ``$MEDZOO_DATA/<name>``."""
+    env_name = "MEDZOO_DATA_" + "".join(c if c.isalnum() else "_" for c in name).upper()
+    tried = []
+    for candidate, how in ((root, "--data-root"), (os.environ.get(env_name), env_name),
+                           (Path(os.environ["MEDZOO_DATA"]) / name if os.environ.get("MEDZOO_DATA") else None,
+                            "MEDZOO_DATA")):
+        if candidate is None:
+            continue
+        path = Path(candidate).expanduser()
+        if path.exists() or not must_exist:
+            return path
+        tried.append(f"{path} ({how})")
+    where = ", ".join(tried) if tried else f"nowhere: pass --data-root or set {env_name} or MEDZOO_DATA"
+    raise MedzooError(f"no data for '{name}': looked in {where}; how to get it: {DOCS_URL.format(name=name)}")
+
+
+# -- splits -------------------------------------------------------------------------------------
+
+def assign_splits(records: list[Record], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  seed: int = 0, only: Sequence[str] | None = None) -> None:
+    """Give each record a split by its patient (records without a patient id count as their own patient).
+
+    ``only`` restricts which records are (re)assigned, e.g. just the official training set into train/val.
+    """
+    pool = [r for r in records if only is None or r.split in only]
+    patients = sorted({r.patient or f"image:{r.id}" for r in pool})
+    random.Random(seed).shuffle(patients)
+    names = [s for s, f in zip(SPLITS, fractions) if f > 0]
+    weights = [f for f in fractions if f > 0]
+    cut, acc, bounds = len(patients), 0.0, []
+    for w in weights[:-1]:
+        acc += w / sum(weights)
+        bounds.append(round(acc * cut))
+    which = {}
+    for i, p in enumerate(patients):
+        which[p] = names[sum(i >= b for b in bounds)]
+    for r in pool:
+        r.split = which[r.patient or f"image:{r.id}"]
+
+
+def check_leakage(records: list[Record], name: str = "dataset") -> None:
+    """Fail loudly if one patient has images in two splits."""
+    seen: dict[str, set[str]] = {}
+    for r in records:
+        if r.patient:
+            seen.setdefault(r.patient, set()).add(r.split)
+    leaks = sorted(p for p, s in seen.items() if len(s) > 1)
+    if leaks:
+        raise MedzooError(f"{name}: patient-level leakage: {len(leaks)} patient(s) appear in more than one split "
+                          f"(e.g. {leaks[0]} in {sorted(seen[leaks[0]])}); split by patient, not by image")
+
+
+def open_dataset(name: str, root: str | Path | None = None) -> DataSource:
+    """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it."""
+    ref = registry().resolve("datasets", name)
+    source = ref.spec.open(root=root, arg=ref.arg)
+    if not source.classes and source.task != "segmentation":
+        raise MedzooError(f"dataset '{name}' has no classes; check its labels")
+    counts = Counter(r.split for r in source.records)
+    if not counts.get("train"):
+        raise MedzooError(f"dataset '{name}' has no training images ({dict(counts) or 'no images at all'}); "
+                          "check the data root and its layout")
+    check_leakage(source.records, name)
+    return source
+
+
+# -- tensors ------------------------------------------------------------------------------------
+
+def to_tensor(img: np.ndarray, in_chans: int) -> torch.Tensor:
+    """H×W or H×W×C pixels → C×H×W float32 in [0, 1] with ``in_chans`` channels."""
+    if img.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255)
+    elif img.dtype == np.uint16:
+        x = torch.from_numpy(img.astype(np.float32)).div_(65535)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+    if x.shape[0] == 4:  # RGBA: alpha carries no anatomy
+        x = x[:3]
+    if x.shape[0] != in_chans:
+        x = x.mean(0, keepdim=True) if in_chans == 1 else x[:1].expand(in_chans, -1, -1)
+    return x.contiguous()
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    image_size: int = 224
+    augment: str = "light"  # none | light | strong
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    in_chans: int = 3
+
+
+def build_transform(cfg: TransformConfig, train: bool) -> Callable:
+    """A joint image(+mask) transform: resize, augmentation for training, normalisation.
+
+    torchvision's v2 transforms move masks with the image (nearest-neighbour for the mask).
+    """
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    size = [cfg.image_size, cfg.image_size]
+    steps: list = [v2.Resize(size, antialias=True)]
+    if train and cfg.augment != "none":
+        strong = cfg.augment == "strong"
+        steps += [
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=15 if strong else 7, translate=(0.08, 0.08) if strong else (0.03, 0.03),
+                            scale=(0.85, 1.15) if strong else (0.95, 1.05)),
+        ]
+        if strong:
+            steps += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+                      v2.ColorJitter(brightness=0.2, contrast=0.2)]
+    mean = list(cfg.mean)[: cfg.in_chans] if cfg.in_chans <= len(cfg.mean) else [cfg.mean[0]] * cfg.in_chans
+    std = list(cfg.std)[: cfg.in_chans] if cfg.in_chans <= len(cfg.std) else [cfg.std[0]] * cfg.in_chans
+    if cfg.in_chans == 1:  # a grey image adapted from RGB weights: use the mean statistics
+        mean, std = [float(np.mean(cfg.mean))], [float(np.mean(cfg.std))]
+    pipeline = v2.Compose(steps)
+    normalize = v2.Normalize(mean, std)
+
+    def apply(image: torch.Tensor, mask: torch.Tensor | None = None):
+        if mask is None:
+            return normalize(pipeline(tv_tensors.Image(image))).as_subclass(torch.Tensor)
+        img, msk = pipeline(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return normalize(img).as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+
+    return apply
+
+
+class TorchDataset(torch.utils.data.Dataset):
+    """One split of a DataSource as ``(image, target)`` pairs for a DataLoader."""
+
+    def __init__(self, source: DataSource, split: str, transform: Callable, in_chans: int):
+        self.source = source
+        self.records = source.split(split)
+        self.transform = transform
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        image = to_tensor(self.source.read(r), self.in_chans)
+        if self.source.task == "segmentation":
+            mask = torch.from_numpy(np.asarray(self.source.read_mask(r), dtype=np.int64))[None]
+            image, mask = self.transform(image, mask)
+            return image, mask[0]
+        target = torch.tensor(r.label, dtype=torch.float32) if self.source.task == "multilabel" else int(r.label)
+        return self.transform(image), target
