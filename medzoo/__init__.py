@@ -1,11 +1,12 @@
 """medzoo: a plugin-based model zoo for multi-stage transfer learning in medical imaging."""
 
+__version__ = "0.1.0"
+
 from .hookspecs import hookimpl
 from .registry import (ArchSpec, DatasetSpec, FreezePolicySpec, MedzooError, WeightSourceSpec,
                        registry as _registry)
 from .models import create_model
-
-__version__ = "0.1.0"
+from .trainer import Runtime, StageResult, train
 
 
 def list_archs() -> list[ArchSpec]:
@@ -47,6 +48,6 @@ def get_source(name: str) -> WeightSourceSpec:
 
 __all__ = [
     "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "MedzooError", "hookimpl",
-    "create_model", "get_arch", "get_dataset", "get_policy", "get_source",
+    "create_model", "train", "Runtime", "StageResult", "get_arch", "get_dataset", "get_policy", "get_source",
     "list_archs", "list_datasets", "list_policies", "list_sources", "__version__",
 ]

@@ -62,15 +62,37 @@ def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(list(KINDS)))
+@click.argument("kind", type=click.Choice([*KINDS, "weights"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind, as_json):
-    """List registered archs, datasets, (freeze) policies or (weight) sources."""
+    """List registered archs, datasets, (freeze) policies, (weight) sources, or trained weights."""
+    if kind == "weights":
+        rows = weights_rows()
+        if as_json:
+            click.echo(json.dumps(rows, indent=2, default=str))
+        else:
+            print_table(rows, ("name", "chain", "task", "best", "where"))
+        return
     rows = [spec_dict(s) for s in registry().list(kind)]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
         print_table(rows, COLUMNS[kind])
+
+
+def weights_rows() -> list[dict]:
+    from . import store
+
+    rows = []
+    for ckpt in store.list_local():
+        lin = ckpt.lineage
+        last = (lin.get("stages") or [{}])[-1]
+        best = last.get("best") or {}
+        chain = [(lin.get("source") or {}).get("name", "?")] + [s["dataset"] for s in lin.get("stages", [])]
+        rows.append({"name": ckpt.name, "arch": lin.get("arch"), "chain": " > ".join(chain),
+                     "task": lin.get("task"), "best": f"{best.get('metric')} {best['value']:.4f}"
+                     if isinstance(best.get("value"), float) else "-", "where": str(ckpt.path)})
+    return rows
 
 
 @cli.command()
@@ -119,6 +141,41 @@ def plugins(as_json):
     for p in rows:
         status = f"FAILED: {p['error']}" if p["error"] else ", ".join(p["hooks"])
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
+
+
+@cli.command()
+@click.argument("arch")
+@click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,medagg,inbreast "
+              "(no source = imagenet first).")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML: a section per stage "
+              "(and 'defaults') of recipe keys.")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a recipe key "
+              "(KEY=VALUE alone: every stage). Repeatable.")
+@click.option("--force", is_flag=True, help="Retrain stages even when a stored checkpoint matches.")
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CPU and on GPUs that have it, else fp16 with a GradScaler.")
+@click.option("--channels-last/--no-channels-last", default=None, help="Default: on for convolutional nets.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH",
+              help="Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable.")
+def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots):
+    """Train ARCH through a chain of stages, one checkpoint per stage."""
+    import os
+
+    from .trainer import Runtime, train as run_chain
+
+    roots = {}
+    for item in data_roots:
+        name, eq, path = item.partition("=")
+        if eq:
+            roots[name] = path
+        else:
+            os.environ["MEDZOO_DATA"] = item
+    runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
+                      num_workers=workers, data_roots=roots, force=force)
+    run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
 
 
 def _format_warning(message, category, *args, **kwargs):

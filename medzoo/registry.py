@@ -71,11 +71,13 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class FreezePolicySpec:
     """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=)`` sets ``requires_grad`` at each
-    epoch start and may return ``{param_name: lr_scale}``."""
+    epoch start and may return ``{param_name: lr_scale}``. A policy that only picks another one
+    (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead."""
 
     name: str
-    apply: Callable[..., Any]
+    apply: Callable[..., Any] | None = None
     description: str = ""
+    resolve: Callable[..., str] | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     takes_arg: bool = False
     arg_help: str = ""

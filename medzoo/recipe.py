@@ -1,0 +1,119 @@
+"""Training recipes: defaults < dataset plugin < ``--recipe FILE.yaml`` < ``--set STAGE.KEY=VALUE``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .registry import MedzooError, did_you_mean
+
+# What a stage trains with. Every key here is part of the stage's identity (reuse, names, lineage).
+DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "optimizer": "adamw",  # adamw | adam | sgd
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "momentum": 0.9,  # sgd only
+    "schedule": "cosine",  # cosine (with warmup) | plateau | constant
+    "warmup_epochs": 1,
+    "image_size": 224,
+    "in_chans": 3,  # 1 adapts the first conv to grey input (timm's adapt_input_conv)
+    "augment": "light",  # none | light | strong
+    "loss": "auto",  # auto | ce | bce (auto: bce for multilabel, else ce)
+    "label_smoothing": 0.0,
+    "class_weights": False,  # weight the loss by inverse class frequency
+    "balanced_sampling": False,  # sample classes equally instead
+    "patience": 0,  # early stopping after this many epochs without improvement (0: off)
+    "freeze": "auto",  # a freeze policy name: full | head | top:K | gradual[:N] | lld:DECAY | auto
+    "metric": "auto",  # validation metric that picks the best epoch: auto | auc | accuracy | loss
+    "grad_accum": 1,
+    "seed": 0,
+}
+CHOICES = {
+    "optimizer": ("adamw", "adam", "sgd"),
+    "schedule": ("cosine", "plateau", "constant"),
+    "augment": ("none", "light", "strong"),
+    "loss": ("auto", "ce", "bce", "dice_ce"),
+    "metric": ("auto", "auc", "accuracy", "loss", "dice"),
+}
+FILE_DEFAULTS_SECTION = "defaults"  # a recipe file's section applied to every stage
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    if key not in DEFAULTS:
+        raise MedzooError(f"unknown recipe key '{key}' in {where}{did_you_mean(key, list(DEFAULTS))} "
+                          f"(keys: {', '.join(DEFAULTS)})")
+    default = DEFAULTS[key]
+    if isinstance(value, str) and not isinstance(default, str):
+        value = yaml.safe_load(value)
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+        elif isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        elif isinstance(default, float):
+            value = float(value)
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise MedzooError(f"recipe key '{key}' in {where} must be a {type(default).__name__}, got {value!r}") from None
+    if key in CHOICES and value not in CHOICES[key]:
+        raise MedzooError(f"recipe key '{key}' in {where} must be one of {', '.join(CHOICES[key])}, got '{value}'")
+    return value
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any] | None, where: str) -> None:
+    for key, value in (layer or {}).items():
+        base[key] = _coerce(key, value, where)
+
+
+def read_recipe_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise MedzooError(f"cannot read recipe file '{path}': {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise MedzooError(f"recipe file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise MedzooError(f"recipe file '{path}' must map stage names (or '{FILE_DEFAULTS_SECTION}') to "
+                          "sections of key: value")
+    return data
+
+
+def parse_sets(sets: list[str] | None, stages: list[str]) -> dict[str, dict[str, Any]]:
+    """``["inbreast.epochs=20", "all.seed=1"]`` → ``{"inbreast": {"epochs": "20"}, "defaults": {...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets or []:
+        target, eq, value = item.partition("=")
+        stage, dot, key = target.rpartition(".")
+        if not eq or not key:
+            raise MedzooError(f"bad --set '{item}': write it as STAGE.KEY=VALUE (or KEY=VALUE for every stage)")
+        if stage and stage not in stages and stage != "all":
+            raise MedzooError(f"--set '{item}' names stage '{stage}', which is not in --stages "
+                              f"({', '.join(stages)}){did_you_mean(stage, stages)}")
+        section = FILE_DEFAULTS_SECTION if not stage or stage == "all" else stage
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def resolve(stage: str, dataset_recipe: Mapping[str, Any], file: Mapping[str, Mapping[str, Any]],
+            sets: Mapping[str, Mapping[str, Any]], stages: list[str]) -> dict[str, Any]:
+    unknown = [s for s in file if s != FILE_DEFAULTS_SECTION and s not in stages]
+    if unknown:
+        raise MedzooError(f"recipe file has a section '{unknown[0]}' that is not a stage of this chain "
+                          f"({', '.join(stages)}){did_you_mean(unknown[0], stages)}")
+    recipe = dict(DEFAULTS)
+    _merge(recipe, dataset_recipe, f"the '{stage}' dataset's default recipe")
+    _merge(recipe, file.get(FILE_DEFAULTS_SECTION), "the recipe file's defaults")
+    _merge(recipe, file.get(stage), f"the recipe file's '{stage}' section")
+    _merge(recipe, sets.get(FILE_DEFAULTS_SECTION), "--set")
+    _merge(recipe, sets.get(stage), "--set")
+    return recipe

@@ -1,0 +1,231 @@
+"""The local store of stage checkpoints (``$MEDZOO_HOME``, default ``~/.cache/medzoo``).
+
+A checkpoint is a directory ``checkpoints/<name>/`` laid out like a timm Hugging Face Hub repo
+(``model.safetensors`` + ``config.json``) with medzoo's lineage under ``config.json["medzoo"]``,
+plus ``history.csv``, ``metrics.json`` and ``learning_curve.png``. Directories appear only complete:
+they are assembled under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .registry import MedzooError, did_you_mean
+
+CONFIG = "config.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+WEIGHTS = "model.safetensors"
+
+
+def home() -> Path:
+    return Path(os.environ.get("MEDZOO_HOME") or Path.home() / ".cache" / "medzoo").expanduser()
+
+
+def checkpoints_dir() -> Path:
+    return home() / "checkpoints"
+
+
+def runs_dir() -> Path:
+    """Work directories of stages in progress (resumable state)."""
+    return home() / "runs"
+
+
+# -- names --------------------------------------------------------------------------------------
+
+def slug(text: str) -> str:
+    """A name part safe for file names and unambiguous next to the '-' stage separator."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "x"
+
+
+def source_suffix(source_name: str, source_tag: str) -> str:
+    """How a chain's first weights show in its name; the default ImageNet weights show as nothing."""
+    base, _, arg = source_name.partition(":")
+    if base == "imagenet" and not arg:
+        return ""
+    if base == "file":
+        return "." + slug(source_tag.replace(":", "_"))
+    return "." + slug(source_name.replace(":", "_").replace("/", "--"))
+
+
+def stage_name(parent_name: str, dataset: str) -> str:
+    """``swin_t-medagg`` + ``inbreast`` → ``swin_t-medagg-inbreast``."""
+    return f"{parent_name}-{slug(dataset)}"
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, save(_unshare(clean), metadata=metadata))
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors sharing storage (tied weights); copies are cheap at these sizes
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written temporary directory into place; refuses to replace an existing one."""
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MedzooError(f"checkpoint '{final.name}' appeared while this one was being written; nothing was replaced")
+    _fsync_dir(final.parent)
+
+
+def new_tmp_dir(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{name}-"))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
+
+
+# -- resumable state: nested dicts of tensors and plain values, without pickle -------------------
+
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: _flatten(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}}
+        return {"__items__": [[k, _flatten(v, tensors, f"{prefix}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [_flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy arrays / scalars (numpy RNG state)
+        return {"__numpy__": obj.tolist(), "dtype": str(obj.dtype)}
+    return obj
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__dict__" in obj:
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"].items()}
+    if "__items__" in obj:
+        return {k: _unflatten(v, tensors) for k, v in obj["__items__"]}
+    if "__tuple__" in obj:
+        return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+    if "__numpy__" in obj:
+        import numpy as np
+
+        return np.asarray(obj["__numpy__"], dtype=obj["dtype"])
+    return obj
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Save training state (model, optimizer, scheduler, RNG…) as safetensors + JSON structure."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _flatten(state, tensors, "s")
+    save_tensors(path, tensors, metadata={"structure": json.dumps(structure)})
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        structure = json.loads(f.metadata()["structure"])
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    return _unflatten(structure, tensors)
+
+
+# -- reading the store --------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    name: str
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        return self.config.get("medzoo", {})
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise MedzooError(f"'{path}' is not a readable medzoo checkpoint ({exc}); remove it or re-train") from None
+    return Checkpoint(name=config.get("medzoo", {}).get("name", path.name), path=path, config=config)
+
+
+def list_local() -> list[Checkpoint]:
+    root = checkpoints_dir()
+    if not root.is_dir():
+        return []
+    return [read_checkpoint(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+            and (p / CONFIG).is_file()]
+
+
+def find_local(name: str) -> Checkpoint | None:
+    path = checkpoints_dir() / name
+    return read_checkpoint(path) if (path / CONFIG).is_file() else None
+
+
+def get_local(name: str) -> Checkpoint:
+    ckpt = find_local(name)
+    if ckpt is None:
+        names = [c.name for c in list_local()]
+        raise MedzooError(f"no checkpoint '{name}' in {checkpoints_dir()}{did_you_mean(name, names)} "
+                          "(`medzoo list weights` shows them)")
+    return ckpt

@@ -1,0 +1,676 @@
+"""The staged trainer: ``medzoo train ARCH --stages SOURCE,DATASET,DATASET…``.
+
+Each stage builds the model for its dataset, takes the previous stage's weights (backbone always, head
+when the classes match), applies its freeze policy, trains with its recipe, keeps the best epoch by the
+validation metric and writes a checkpoint with the whole lineage. A stage whose inputs match a stored
+checkpoint is reused; a killed stage resumes from its last finished epoch with identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import __version__, data as mzdata, models, recipe as mzrecipe, store
+from .registry import MedzooError, Ref, registry
+
+FORMAT = 1  # bump when a change to training makes old checkpoints non-reusable
+
+
+@dataclass
+class Runtime:
+    """How to run, not what to train: none of this changes a stage's identity."""
+
+    device: str | None = None  # auto: cuda > mps > cpu
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool | None = None  # auto: on for convolutional nets
+    compile: bool = False
+    num_workers: int = 0  # on 2 CPU cores workers compete with compute; 0 measured fastest
+    data_roots: dict[str, str] = field(default_factory=dict)
+    force: bool = False
+
+
+@dataclass
+class StageResult:
+    name: str
+    path: Path
+    dataset: str
+    reused: bool
+    metric: str
+    best: float | None
+    epochs_run: int
+    seconds: float
+    weights_sha256: str
+
+
+@dataclass
+class Parent:
+    name: str  # prefix of the next stage's name
+    state: dict[str, torch.Tensor] | None
+    sha256: str
+    label_names: list[str] | None
+    lineage: dict[str, Any]
+    origin: str
+
+
+def log(*args) -> None:
+    if _rank() == 0:
+        print(*args, flush=True)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _barrier() -> None:
+    if _world() > 1:
+        dist.barrier()
+
+
+# -- the chain ----------------------------------------------------------------------------------
+
+def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | None = None,
+          recipe_file: str | Path | None = None, runtime: Runtime | None = None, **runtime_kw) -> list[StageResult]:
+    """Train a chain; returns one result per training stage. ``overrides``: ``["inbreast.epochs=5"]`` or
+    ``{"inbreast": {"epochs": 5}}``."""
+    runtime = runtime or Runtime(**runtime_kw)
+    stages = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else list(stages)
+    if not stages or not all(stages):
+        raise MedzooError("--stages is empty; write e.g. --stages imagenet,medagg,inbreast")
+    arch_ref = registry().resolve("archs", arch)
+    first, datasets = _split_source(stages)
+    if not datasets:
+        raise MedzooError(f"--stages '{','.join(stages)}' has no training stage after the source '{first}'; "
+                          "add a dataset, e.g. --stages imagenet,phantom_agg")
+    for d in datasets:
+        registry().resolve("datasets", d)
+    sets = overrides if isinstance(overrides, dict) else mzrecipe.parse_sets(overrides, datasets)
+    file = mzrecipe.read_recipe_file(recipe_file)
+    # Open and check every dataset and recipe before anything trains: a typo in the last stage must not
+    # cost the first stage's hours, nor leave anything behind.
+    sources = {d: mzdata.open_dataset(d, runtime.data_roots.get(d)) for d in dict.fromkeys(datasets)}
+    recipes = [mzrecipe.resolve(d, registry().resolve("datasets", d).spec.recipe, file, sets, datasets)
+               for d in datasets]
+    _init_distributed()
+    parent = _start(arch_ref, first)
+    results = []
+    for dataset, recipe in zip(datasets, recipes):
+        result, parent = _run_stage(arch_ref, parent, dataset, sources[dataset], recipe, runtime)
+        results.append(result)
+    _summary(results)
+    return results
+
+
+def _split_source(stages: list[str]) -> tuple[str, list[str]]:
+    """``medagg,inbreast`` (no source) means ``imagenet,medagg,inbreast``."""
+    first = stages[0]
+    base = first.partition(":")[0]
+    is_dataset = base in registry().entries["datasets"]
+    is_source = base in registry().entries["sources"] or store.find_local(first) is not None
+    if is_dataset and not is_source:
+        return "imagenet", stages
+    return first, stages[1:]
+
+
+def _start(arch_ref: Ref, first: str) -> Parent:
+    local = store.find_local(first)
+    if local is not None:
+        lin = local.lineage
+        if lin.get("arch") != arch_ref.name:
+            raise MedzooError(f"checkpoint '{first}' is a {lin.get('arch')}, not a {arch_ref.name}; "
+                              f"train {lin.get('arch')} from it, or pick a {arch_ref.name} checkpoint")
+        state, sha = load_weights(local)
+        return Parent(first, state, sha, local.config.get("label_names"),
+                      {"source": lin.get("source"), "stages": lin.get("stages", [])}, f"checkpoint '{first}'")
+    ref = registry().resolve("sources", first)
+    weights = ref.spec.load(arch=arch_ref, arg=ref.arg)
+    if weights.state_dict is None:
+        sha = "scratch"
+    else:
+        sha = weights.sha256 or models.state_sha256(weights.state_dict)
+    name = store.slug(arch_ref.name) + store.source_suffix(first, weights.tag)
+    source = {"name": first, "tag": weights.tag, "sha256": sha}
+    return Parent(name, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
+
+
+def load_weights(ckpt: store.Checkpoint) -> tuple[dict[str, torch.Tensor], str]:
+    """A stored checkpoint's weights, after checking they are the ones its metadata names."""
+    path = ckpt.path / store.WEIGHTS
+    sha = models.sha256_file(path)
+    expected = ckpt.lineage.get("weights_sha256")
+    if expected and sha != expected:
+        raise MedzooError(f"weights of '{ckpt.name}' ({path}) do not match the sha256 in its config.json "
+                          "(corrupted or replaced); re-train or re-download it")
+    return models.load_safetensors(path), sha
+
+
+def stage_key(arch: str, parent_sha: str, dataset: str, fingerprint: str, recipe: dict) -> str:
+    blob = json.dumps({"format": FORMAT, "arch": arch, "parent": parent_sha, "dataset": dataset,
+                       "fingerprint": fingerprint, "recipe": recipe}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _reusable(name: str, key: str) -> store.Checkpoint | None:
+    for candidate in (name, f"{name}~{key[:8]}"):
+        ckpt = store.find_local(candidate)
+        if ckpt is not None and ckpt.lineage.get("key") == key:
+            return ckpt
+    return None
+
+
+# -- one stage ----------------------------------------------------------------------------------
+
+def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataSource, recipe: dict,
+               runtime: Runtime) -> tuple[StageResult, Parent]:
+    name = store.stage_name(parent.name, dataset)
+    key = stage_key(arch_ref.name, parent.sha256, dataset, source.fingerprint(), recipe)
+    found = None if runtime.force else _reusable(name, key)
+    if found is not None:
+        lin = found.lineage
+        best = lin["stages"][-1].get("best", {})
+        log(f"[{found.name}] reusing the stored checkpoint: same arch, parent weights, data and recipe "
+            f"(--force retrains)")
+        state, sha = load_weights(found)
+        result = StageResult(found.name, found.path, dataset, True, best.get("metric", ""), best.get("value"),
+                             lin["stages"][-1].get("epochs_run", 0), 0.0, sha)
+        return result, Parent(found.name, state, sha, found.config.get("label_names"),
+                              {"source": lin["source"], "stages": lin["stages"]}, f"checkpoint '{found.name}'")
+    trainer = StageTrainer(arch_ref, parent, dataset, source, recipe, runtime, name, key)
+    return trainer.run()
+
+
+class StageTrainer:
+    def __init__(self, arch_ref, parent, dataset, source, recipe, runtime, name, key):
+        self.arch_ref, self.parent, self.dataset, self.source = arch_ref, parent, dataset, source
+        self.recipe, self.runtime, self.name, self.key = recipe, runtime, name, key
+        self.task = source.task
+        self.workdir = store.runs_dir() / key[:16]
+        self.device = _device(runtime.device)
+        _seed_everything(recipe["seed"])
+        self.model = models.build(arch_ref, num_classes=len(source.classes), in_chans=recipe["in_chans"],
+                                  img_size=recipe["image_size"])
+        self.transfer = None
+        if parent.state is not None:
+            keep_head = parent.label_names is not None and list(parent.label_names) == list(source.classes)
+            self.transfer = models.transfer_weights(self.model, parent.state, keep_head=keep_head, origin=parent.origin)
+        self.policy_name = self._resolve_policy()
+        self.n_train = len(source.split("train"))
+        self._ensure_val_split()
+
+    def _resolve_policy(self) -> str:
+        name = self.recipe["freeze"]
+        ref = registry().resolve("policies", name)
+        if ref.spec.resolve is not None:
+            chosen = ref.spec.resolve(arg=ref.arg, n_train=len(self.source.split("train")))
+            registry().resolve("policies", chosen)
+            return chosen
+        return name
+
+    def _ensure_val_split(self) -> None:
+        if not self.source.split("val"):
+            # carve a validation set out of training, by patient, stable across seeds
+            mzdata.assign_splits(self.source.records, (0.85, 0.15, 0.0), seed=0, only=["train"])
+            self.n_train = len(self.source.split("train"))
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _precision(self) -> tuple[torch.dtype | None, bool]:
+        p = self.runtime.precision
+        if p == "auto":
+            p = "bf16" if self.device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+            if self.device.type == "mps":
+                p = "fp32"
+        if p not in ("bf16", "fp16", "fp32"):
+            raise MedzooError(f"--precision must be bf16, fp16, fp32 or auto, not '{p}'")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
+
+    def _channels_last(self) -> bool:
+        if self.runtime.channels_last is not None:
+            return self.runtime.channels_last
+        fam = f"{self.arch_ref.spec.family} {self.arch_ref.name}".lower()
+        return not any(t in fam for t in ("swin", "vit", "deit", "unetr"))  # measured: no gain for Swin
+
+    def _transform_cfg(self) -> mzdata.TransformConfig:
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        return mzdata.TransformConfig(image_size=self.recipe["image_size"], augment=self.recipe["augment"],
+                                      mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                                      std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                                      in_chans=self.recipe["in_chans"])
+
+    def _loader(self, split: str, epoch: int) -> torch.utils.data.DataLoader:
+        train = split == "train"
+        ds = mzdata.TorchDataset(self.source, split, mzdata.build_transform(self._transform_cfg(), train),
+                                 self.recipe["in_chans"])
+        g = torch.Generator().manual_seed(self.recipe["seed"] * 100_003 + epoch)
+        sampler = None
+        if train and self.recipe["balanced_sampling"] and self.task == "classification":
+            counts = np.bincount([r.label for r in ds.records], minlength=len(self.source.classes))
+            weights = [1.0 / counts[r.label] for r in ds.records]
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=g)
+        if _world() > 1:
+            if train:
+                sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
+                sampler.set_epoch(epoch)
+            else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
+                ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
+        w = self.runtime.num_workers
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+            generator=g, num_workers=w, pin_memory=self.device.type == "cuda", persistent_workers=False,
+            drop_last=train and len(ds) > self.recipe["batch_size"])
+
+    def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
+        r = self.recipe
+        no_decay = set(getattr(self.model, "no_weight_decay", lambda: set())())
+        groups: dict[tuple[float, float], list] = {}
+        for n, p in self.model.named_parameters():
+            wd = 0.0 if p.ndim <= 1 or n in no_decay else r["weight_decay"]
+            groups.setdefault((lr_scales.get(n, 1.0), wd), []).append(p)
+        params = [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s}
+                  for (s, wd), ps in groups.items()]
+        if r["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], nesterov=True)
+        cls = torch.optim.AdamW if r["optimizer"] == "adamw" else torch.optim.Adam
+        return cls(params, lr=r["lr"])
+
+    def _scheduler(self, opt, steps_per_epoch: int):
+        r = self.recipe
+        if r["schedule"] == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min" if self.metric == "loss" else "max",
+                                                              factor=0.5, patience=max(1, r["patience"] // 2))
+        total = max(1, r["epochs"] * steps_per_epoch)
+        warm = r["warmup_epochs"] * steps_per_epoch
+        cosine = r["schedule"] == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def _criterion(self):
+        r, classes = self.recipe, len(self.source.classes)
+        loss = r["loss"] if r["loss"] != "auto" else ("bce" if self.task == "multilabel" else "ce")
+        weight = None
+        if r["class_weights"]:
+            labels = [r_.label for r_ in self.source.split("train")]
+            if self.task == "multilabel":
+                pos = np.asarray(labels, dtype=np.float64).sum(0)
+                weight = torch.tensor((len(labels) - pos) / np.maximum(pos, 1), dtype=torch.float32)
+            else:
+                counts = np.bincount(labels, minlength=classes).astype(np.float64)
+                weight = torch.tensor(counts.sum() / (classes * np.maximum(counts, 1)), dtype=torch.float32)
+        if weight is not None:
+            weight = weight.to(self.device)
+        if loss == "bce":
+            return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+        return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=r["label_smoothing"])
+
+    @property
+    def metric(self) -> str:
+        m = self.recipe["metric"]
+        return ("auc" if self.task in ("classification", "multilabel") else "dice") if m == "auto" else m
+
+    def _apply_policy(self, epoch: int) -> dict[str, float]:
+        ref = registry().resolve("policies", self.policy_name)
+        scales = ref.spec.apply(self.model, arg=ref.arg, epoch=epoch, epochs=self.recipe["epochs"],
+                                n_train=self.n_train) or {}
+        return scales
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> tuple[StageResult, Parent]:
+        r, t0 = self.recipe, time.time()
+        lr_scales = self._apply_policy(0)
+        self.model.to(self.device)
+        cl = self._channels_last()
+        if cl:
+            self.model.to(memory_format=torch.channels_last)
+        amp_dtype, use_scaler = self._precision()
+        opt = self._optimizer(lr_scales)
+        steps = math.ceil(len(self._loader("train", 0)) / r["grad_accum"])
+        sched = self._scheduler(opt, steps)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        criterion = self._criterion()
+        history: list[dict] = []
+        best = {"metric": self.metric, "value": None, "epoch": None}
+        best_state, bad, start = None, 0, 0
+        resume = self.workdir / "last.safetensors"
+        if resume.is_file():
+            state = store.load_state(resume)
+            if state.get("key") == self.key:
+                self.model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                _set_rng(state["rng"])
+                history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
+                best_state = models.load_safetensors(self.workdir / "best.safetensors")
+                log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
+        if self.transfer is not None and start == 0:
+            log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
+                + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
+        net = torch.compile(self.model) if self.runtime.compile else self.model
+        stopped_early = False
+        for epoch in range(start, r["epochs"]):
+            te = time.time()
+            self._apply_policy(epoch)
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            ddp = net
+            if _world() > 1:
+                ddp = torch.nn.parallel.DistributedDataParallel(
+                    net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            train_loss = self._train_epoch(ddp, opt, sched, scaler, criterion, amp_dtype, cl, epoch)
+            val = self._validate(net, criterion, amp_dtype, cl)
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(val[self.metric])
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
+                   **{f"val_{k}": v for k, v in val.items()}, "trainable_params": trainable,
+                   "seconds": round(time.time() - te, 2)}
+            history.append(row)
+            value = val[self.metric]
+            improved = best["value"] is None or (value < best["value"] if self.metric == "loss" else value > best["value"])
+            if improved:
+                best = {"metric": self.metric, "value": value, "epoch": epoch + 1, "val": val}
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                bad = 0
+            else:
+                bad += 1
+            log(f"[{self.name}] epoch {epoch + 1}/{r['epochs']}  train_loss {train_loss:.4f}  "
+                f"val_loss {val['loss']:.4f}  val_{self.metric} {value:.4f}{'  *best' if improved else ''}  "
+                f"({row['seconds']:.1f}s)")
+            stopped_early = r["patience"] > 0 and bad >= r["patience"]
+            if _rank() == 0:
+                if improved:
+                    store.save_tensors(self.workdir / "best.safetensors", best_state)
+                store.save_state(resume, {"key": self.key, "epoch": epoch, "model": self.model.state_dict(),
+                                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                          "scaler": scaler.state_dict(), "rng": _get_rng(), "history": history,
+                                          "best": best, "bad": bad})
+            _barrier()
+            if stopped_early:
+                log(f"[{self.name}] early stop: no improvement in {r['patience']} epochs")
+                break
+        self.model.load_state_dict(best_state)
+        seconds = time.time() - t0 + sum(h["seconds"] for h in history[: start])
+        path, sha = self._write(best, history, seconds)
+        result = StageResult(path.name, path, self.dataset, False, self.metric, best["value"], len(history),
+                             seconds, sha)
+        lineage = self._lineage(best, history, seconds, sha)
+        lineage["stages"][-1].update(checkpoint=path.name, weights_sha256=sha)
+        return result, Parent(path.name, best_state, sha, list(self.source.classes),
+                              {"source": lineage["source"], "stages": lineage["stages"]}, f"checkpoint '{path.name}'")
+
+    def _train_epoch(self, net, opt, sched, scaler, criterion, amp_dtype, channels_last, epoch) -> float:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        models.freeze_frozen_batchnorm(self.model)
+        loader = self._loader("train", epoch)
+        accum = self.recipe["grad_accum"]
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"{self.name} {epoch + 1}/{self.recipe['epochs']}", leave=False,
+                   disable=_rank() != 0 or None, dynamic_ncols=True)
+        opt.zero_grad(set_to_none=True)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = criterion(net(x).float(), y)
+            scaler.scale(loss / accum).backward()
+            if (step + 1) % accum == 0 or step + 1 == len(loader):
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                    sched.step()
+            total += loss.item() * len(x)
+            count += len(x)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        stats = torch.tensor([total, count], dtype=torch.float64)
+        if _world() > 1:
+            dist.all_reduce(stats)
+        return float(stats[0] / max(1.0, float(stats[1])))
+
+    @torch.no_grad()
+    def _validate(self, net, criterion, amp_dtype, channels_last) -> dict[str, float]:
+        self.model.eval()
+        outs, targets = [], []
+        for x, y in self._loader("val", 0):
+            x = x.to(self.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outs.append(net(x).float().cpu())
+            targets.append(y)
+        logits, target = torch.cat(outs), torch.cat(targets)
+        if _world() > 1:
+            parts: list = [None] * _world()
+            dist.all_gather_object(parts, (logits, target))
+            logits, target = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        crit = criterion.cpu() if hasattr(criterion, "cpu") else criterion
+        loss = float(crit(logits, target))
+        if hasattr(criterion, "to"):
+            criterion.to(self.device)
+        return {"loss": loss, **classification_metrics(self.task, logits, target, len(self.source.classes))}
+
+    def _lineage(self, best, history, seconds, sha) -> dict[str, Any]:
+        import timm
+
+        spec = registry().resolve("datasets", self.dataset).spec
+        stage = {"dataset": self.dataset, "fingerprint": self.source.fingerprint(), "task": self.task,
+                 "classes": list(self.source.classes), "license": spec.license, "modality": spec.modality,
+                 "recipe": self.recipe, "freeze": self.policy_name, "epochs_run": len(history),
+                 "best": {k: v for k, v in best.items() if k != "val"}, "val_metrics": best.get("val", {}),
+                 "seed": self.recipe["seed"], "parent_sha256": self.parent.sha256,
+                 "transfer": str(self.transfer) if self.transfer else "none (random init)",
+                 "seconds": round(seconds, 1), "n_train": self.n_train,
+                 "runtime": {"device": str(self.device), "precision": self.runtime.precision,
+                             "world_size": _world()},
+                 "versions": {"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__}}
+        return {"name": None, "arch": self.arch_ref.name, "timm_name": models.stock_timm_name(self.arch_ref),
+                "task": self.task, "in_chans": self.recipe["in_chans"], "image_size": self.recipe["image_size"],
+                "source": self.parent.lineage["source"], "stages": self.parent.lineage["stages"] + [stage],
+                "key": self.key, "weights_sha256": sha,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def _write(self, best, history, seconds) -> tuple[Path, str]:
+        """Assemble the checkpoint under a temporary name, then rename it into place (rank 0 only)."""
+        root = store.checkpoints_dir()
+        final_name = self.name
+        existing = store.find_local(self.name)
+        if existing is not None and existing.lineage.get("key") != self.key:
+            final_name = f"{self.name}~{self.key[:8]}"
+            log(f"[{self.name}] a checkpoint of that name with other inputs (recipe, seed, data or parent) "
+                f"exists; this one is stored as '{final_name}'")
+        final = root / final_name
+        sha = ""
+        if _rank() == 0:
+            tmp = store.new_tmp_dir(root, final_name)
+            store.save_tensors(tmp / store.WEIGHTS, self.model.state_dict())
+            sha = models.sha256_file(tmp / store.WEIGHTS)
+            lineage = self._lineage(best, history, seconds, sha)
+            lineage["name"] = final_name
+            lineage["stages"][-1].update(checkpoint=final_name, weights_sha256=sha)
+            config = timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
+                                 final_name, lineage)
+            (tmp / store.CONFIG).write_text(json.dumps(config, indent=2, default=str))
+            (tmp / "metrics.json").write_text(json.dumps({"split": "val", "best_epoch": best["epoch"],
+                                                          **best.get("val", {})}, indent=2))
+            write_history(history, tmp / "history.csv")
+            plot_history(history, tmp / "learning_curve.png", self.name, self.metric)
+            old = None
+            if final.exists():  # --force on the same inputs: swap, never leave a half state visible
+                old = root / f".old-{final_name}-{os.getpid()}"
+                os.rename(final, old)
+            store.publish_dir(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _barrier()
+        if not sha:
+            sha = models.sha256_file(final / store.WEIGHTS)
+        log(f"[{final_name}] saved {final}")
+        return final, sha
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: mzdata.TransformConfig, name: str,
+                lineage: dict) -> dict[str, Any]:
+    """config.json in timm's Hub format, so plain ``timm.create_model('hf-hub:…')`` can load it."""
+    base = dict(getattr(model, "pretrained_cfg", None) or {})
+    size, chans = recipe["image_size"], recipe["in_chans"]
+    pretrained_cfg = {k: base[k] for k in ("interpolation", "crop_mode", "first_conv", "classifier") if k in base}
+    pretrained_cfg.update(tag=f"medzoo.{name}", input_size=[chans, size, size], crop_pct=1.0,
+                          mean=list(tcfg.mean)[:chans] if chans == 3 else [float(np.mean(tcfg.mean))],
+                          std=list(tcfg.std)[:chans] if chans == 3 else [float(np.mean(tcfg.std))],
+                          num_classes=len(classes), license=_license(lineage))
+    model_args: dict[str, Any] = {}
+    if chans != 3:
+        model_args["in_chans"] = chans
+    if "img_size" in _fixed_size_args(arch_ref, size):
+        model_args["img_size"] = size
+    config = {"architecture": models.stock_timm_name(arch_ref) or arch_ref.name,
+              "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
+              "global_pool": getattr(model, "global_pool", None) and "avg", "label_names": list(classes),
+              "pretrained_cfg": pretrained_cfg, "medzoo": lineage}
+    if model_args:
+        config["model_args"] = model_args
+    return config
+
+
+def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
+    name = models.stock_timm_name(arch_ref) or ""
+    default = arch_ref.spec.input_size[-1]
+    return {"img_size": size} if name.startswith(("swin", "vit", "deit")) and size != default else {}
+
+
+def _license(lineage: dict) -> str:
+    licenses = [s.get("license") for s in lineage.get("stages", []) if s.get("license")]
+    restrictive = [l for l in licenses if "NC" in l.upper() or "research" in l.lower()]
+    return (restrictive or licenses or ["unknown"])[-1]
+
+
+def classification_metrics(task: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    from torchmetrics.functional.classification import accuracy, auroc
+
+    if task == "multilabel":
+        probs, target = logits.sigmoid(), target.long()
+        kw = {"task": "multilabel", "num_labels": num_classes}
+        return {"auc": float(auroc(probs, target, average="macro", **kw)), "accuracy": float(accuracy(probs, target, **kw))}
+    probs = logits.softmax(1)
+    if num_classes == 2:
+        p1 = probs[:, 1]
+        auc = float(auroc(p1, target, task="binary")) if target.unique().numel() > 1 else float("nan")
+        return {"auc": auc, "accuracy": float(accuracy(p1, target, task="binary"))}
+    kw = {"task": "multiclass", "num_classes": num_classes}
+    return {"auc": float(auroc(probs, target, average="macro", **kw)),
+            "accuracy": float(accuracy(probs, target, average="micro", **kw))}
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    import csv
+
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_history(history: list[dict], path: Path, title: str, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    b.plot(epochs, [h.get(f"val_{metric}") for h in history], "o-", color="C2")
+    b.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise MedzooError(f"unknown --device '{name}'; use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise MedzooError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _get_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _summary(results: list[StageResult]) -> None:
+    log("")
+    log(f"{'stage':<14} {'checkpoint':<44} {'best':>16} {'time':>8}")
+    for r in results:
+        best = f"{r.metric} {r.best:.4f}" if isinstance(r.best, float) else "-"
+        log(f"{r.dataset:<14} {r.name:<44} {best:>16} {'reused' if r.reused else f'{r.seconds:.0f}s':>8}")
+    if results:
+        log(f"checkpoints in {results[-1].path.parent}")
