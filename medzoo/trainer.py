@@ -260,27 +260,32 @@ class StageTrainer:
                                       std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
                                       in_chans=self.recipe["in_chans"])
 
-    def _loader(self, split: str, epoch: int) -> torch.utils.data.DataLoader:
+    def _loader(self, split: str) -> torch.utils.data.DataLoader:
+        """Built once per stage; ``_reseed(epoch)`` makes each epoch's order depend only on (seed, epoch),
+        which is what lets a resumed run match an uninterrupted one."""
         train = split == "train"
         ds = mzdata.TorchDataset(self.source, split, mzdata.build_transform(self._transform_cfg(), train),
                                  self.recipe["in_chans"])
-        g = torch.Generator().manual_seed(self.recipe["seed"] * 100_003 + epoch)
         sampler = None
         if train and self.recipe["balanced_sampling"] and self.task == "classification":
             counts = np.bincount([r.label for r in ds.records], minlength=len(self.source.classes))
             weights = [1.0 / counts[r.label] for r in ds.records]
-            sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=g)
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=self.gen)
         if _world() > 1:
             if train:
                 sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
-                sampler.set_epoch(epoch)
             else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
                 ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
         w = self.runtime.num_workers
         return torch.utils.data.DataLoader(
             ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
-            generator=g, num_workers=w, pin_memory=self.device.type == "cuda", persistent_workers=False,
-            drop_last=train and len(ds) > self.recipe["batch_size"])
+            generator=self.gen if train else None, num_workers=w, pin_memory=self.device.type == "cuda",
+            persistent_workers=w > 0, drop_last=train and len(ds) > self.recipe["batch_size"])
+
+    def _reseed(self, loader, epoch: int) -> None:
+        self.gen.manual_seed(self.recipe["seed"] * 100_003 + epoch)
+        if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
+            loader.sampler.set_epoch(epoch)
 
     def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
         r = self.recipe
@@ -353,7 +358,9 @@ class StageTrainer:
             self.model.to(memory_format=torch.channels_last)
         amp_dtype, use_scaler = self._precision()
         opt = self._optimizer(lr_scales)
-        steps = math.ceil(len(self._loader("train", 0)) / r["grad_accum"])
+        self.gen = torch.Generator()
+        self.train_loader, self.val_loader = self._loader("train"), self._loader("val")
+        steps = math.ceil(len(self.train_loader) / r["grad_accum"])
         sched = self._scheduler(opt, steps)
         scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         criterion = self._criterion()
@@ -386,6 +393,9 @@ class StageTrainer:
                 ddp = torch.nn.parallel.DistributedDataParallel(
                     net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             train_loss = self._train_epoch(ddp, opt, sched, scaler, criterion, amp_dtype, cl, epoch)
+            if _world() > 1:  # BatchNorm statistics are per rank; keep every rank's model identical
+                for b in self.model.buffers():
+                    dist.broadcast(b, 0)
             val = self._validate(net, criterion, amp_dtype, cl)
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step(val[self.metric])
@@ -431,7 +441,8 @@ class StageTrainer:
 
         self.model.train()
         models.freeze_frozen_batchnorm(self.model)
-        loader = self._loader("train", epoch)
+        loader = self.train_loader
+        self._reseed(loader, epoch)
         accum = self.recipe["grad_accum"]
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"{self.name} {epoch + 1}/{self.recipe['epochs']}", leave=False,
@@ -462,7 +473,7 @@ class StageTrainer:
     def _validate(self, net, criterion, amp_dtype, channels_last) -> dict[str, float]:
         self.model.eval()
         outs, targets = [], []
-        for x, y in self._loader("val", 0):
+        for x, y in self.val_loader:
             x = x.to(self.device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
