@@ -73,8 +73,16 @@ class DataSource:
         from .cache import fit_pair
 
         mask = self.read_mask(record) if self.task == "segmentation" else None
-        return fit_pair(self.read(record), mask, cfg, channels=self.meta.get("channels"),
-                        pad_mask=self.ignore_index or 0)
+        img, mask = self.domain_steps(self.read(record), mask, cfg)
+        return fit_pair(img, mask, cfg, channels=self.meta.get("channels"), pad_mask=self.ignore_index or 0)
+
+    def domain_steps(self, img: np.ndarray, mask: np.ndarray | None, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+        """CLAHE, breast masking, canonical side: image-domain steps a dataset plugin implements."""
+        asked = [k for k in ("clahe", "breast_mask", "flip_to") if getattr(cfg, k)]
+        if asked:
+            raise MedzooError(f"dataset '{self.name}' does not implement the preprocessing step(s) "
+                              f"{', '.join(asked)}; leave them out of its preprocess config")
+        return img, mask
 
     def content_token(self) -> str:
         """Something that changes when the pixels change under unchanged ids (file sizes and times);
