@@ -225,9 +225,9 @@ class CachedSource(DataSource):
             channels = 1 if images.ndim == 3 else images.shape[3]
             del images, masks  # flush the memmaps before the rename
             if n < len(records):  # the skipped rows left unused space at the end: trim it
-                _truncate(tmp / "images.npy", n)
+                truncate_npy(tmp / "images.npy", n)
                 if (tmp / "masks.npy").exists():
-                    _truncate(tmp / "masks.npy", n)
+                    truncate_npy(tmp / "masks.npy", n)
             (tmp / "index.json").write_text(json.dumps({"key": self.key, "name": self.source.name,
                                                         "config": self.cfg.to_dict(), "channels": channels,
                                                         "rows": rows, "skipped": skipped}))
@@ -244,7 +244,7 @@ class CachedSource(DataSource):
         log.info("cached %s: %d images in %s", self.source.name, n, self.path)
 
 
-def _truncate(path: Path, n: int) -> None:
+def truncate_npy(path: Path, n: int) -> None:
     full = np.load(path, mmap_mode="r")
     part = path.with_suffix(".part.npy")
     out = np.lib.format.open_memmap(part, mode="w+", dtype=full.dtype, shape=(n, *full.shape[1:]))
