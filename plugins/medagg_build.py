@@ -312,7 +312,7 @@ def _write_manifest(folder: Path, rows: list[dict]) -> None:
 
 def _config_dict(cfg: BuildConfig) -> dict:
     d = asdict(cfg)
-    d["out"] = str(cfg.out)
+    del d["out"]  # where it was written is not part of what was built (two builds compare equal)
     d["sources"] = [name for name, _ in cfg.sources]  # roots are machine-specific: not part of the build's identity
     return d
 

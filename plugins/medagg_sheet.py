@@ -35,7 +35,7 @@ def write_datasheet(folder: Path, rows: list[dict], sources, dropped: Counter, b
         "licenses": {s.key: {"dataset": s.name, "license": s.license} for s in sources},
         "dropped": {f"{src}: {why}": n for (src, why), n in sorted(dropped.items())},
         "skipped_bad_files": bad,
-        "config": {k: (str(v) if k == "out" else v) for k, v in vars(cfg).items() if k != "sources"}
+        "config": {k: v for k, v in vars(cfg).items() if k not in ("sources", "out")}
         | {"sources": [name for name, _ in cfg.sources]},
     }
     by_reason: Counter = Counter()

@@ -90,7 +90,7 @@ def find_npz(folder: Path, flag: str, size: int | None) -> Path:
     for n in names:
         if (folder / n).is_file():
             return folder / n
-    raise MedzooError(f"medmnist: no {' or '.join(names[:2])}{' ...' if len(names) > 2 else ''} in {folder}; "
+    raise MedzooError(f"medmnist: none of {', '.join(names)} in {folder}; "
                       "download it (docs/datasets/medmnist.md)")
 
 
