@@ -12,21 +12,22 @@ from conftest import run_cli
 
 
 def _folder(root, counts, seed0=0, dup_of=None, blank=0, tiny=0):
-    """imagefolder with counts per class; optional extra near duplicates, blanks and tiny images in class a."""
+    """imagefolder with counts per class; blanks and tiny images go into class b (read in full, under the
+    cap), a near duplicate of dup_of/b/1.png into class x."""
     seed = seed0
     for cls, n in counts.items():
         for i in range(n):
             seed += 1
             g.write_png(root / cls / f"{i}.png", g.pattern(seed))
     for i in range(blank):
-        g.write_png(root / "a" / f"blank{i}.png", np.full((40, 40), 7, np.uint8))
+        g.write_png(root / "b" / f"blank{i}.png", np.full((40, 40), 7 + i, np.uint8))
     for i in range(tiny):
-        g.write_png(root / "a" / f"tiny{i}.png", g.pattern(900 + i, (10, 10)))
+        g.write_png(root / "b" / f"tiny{i}.png", g.pattern(900 + i, (10, 10)))
     if dup_of is not None:  # a brighter copy of an image in the other folder: a near, not exact, duplicate
-        src = dup_of / "a" / "0.png"
+        src = dup_of / "b" / "1.png"
         import cv2
         img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
-        g.write_png(root / "a" / "dup.png", np.clip(img.astype(int) + 3, 0, 255).astype(np.uint8))
+        g.write_png(root / "x" / "dup.png", np.clip(img.astype(int) + 3, 0, 255).astype(np.uint8))
     return root
 
 
