@@ -250,6 +250,8 @@ def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any =
 
 def to_tensor(img: np.ndarray, in_chans: int) -> torch.Tensor:
     """H×W or H×W×C pixels → C×H×W float32 in [0, 1] with ``in_chans`` channels."""
+    if not img.flags.writeable:  # a row of a memory-mapped cache: torch refuses to wrap read-only memory
+        img = np.array(img)
     if img.dtype == np.uint8:
         x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255)
     elif img.dtype == np.uint16:

@@ -61,3 +61,25 @@ def test_domain_steps_refused_where_not_implemented():
         CachedSource(src, PreprocessConfig(size=8, clahe=2.0))
     with pytest.raises(MedzooError, match="unknown preprocess option 'sise'.*size"):
         PreprocessConfig.from_dict({"sise": 3})
+
+
+def test_cached_segmentation_through_torch_dataset_with_strong_augmentation(tmp_path):
+    import torch
+
+    from datagen import make_bcss
+    from medzoo.data import TorchDataset, TransformConfig, augment_params, build_transform
+
+    make_bcss(tmp_path)
+    src = open_dataset("bcss:32", tmp_path, preprocess={"size": 32})
+    assert src.read_mask(src.records[0]).shape == (32, 32)
+    cfg = TransformConfig(image_size=24, augment="strong,stretch=0.3", in_chans=3)
+    ds = TorchDataset(src, "train", build_transform(cfg, train=True), in_chans=3)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x, m = ds[0]
+        assert x.shape == (3, 24, 24) and m.shape == (24, 24) and int(m.max()) < 5
+    assert augment_params("strong,flip=0")["flip"] == 0.0
+    with pytest.raises(MedzooError, match="unknown augmentation preset 'strnog'; did you mean 'strong'"):
+        augment_params("strnog")
+    with pytest.raises(MedzooError, match="bad augmentation option 'spin=1'"):
+        augment_params("light,spin=1")
