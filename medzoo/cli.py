@@ -160,7 +160,9 @@ def plugins(as_json):
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH",
               help="Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable.")
-def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots):
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images and bad rows (reported) instead of failing.")
+def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
+          skip_bad):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
     import os
 
@@ -174,7 +176,7 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
         else:
             os.environ["MEDZOO_DATA"] = item
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
-                      num_workers=workers, data_roots=roots, force=force)
+                      num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad)
     run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +24,8 @@ import numpy as np
 import torch
 
 from .registry import MedzooError, registry
+
+log = logging.getLogger("medzoo.data")
 
 SPLITS = ("train", "val", "test")
 DOCS_URL = "https://github.com/medzoo/medzoo/blob/main/docs/datasets/{name}.md"
@@ -61,6 +66,29 @@ class DataSource:
     def split(self, name: str) -> list[Record]:
         return [r for r in self.records if r.split == name]
 
+    def prepare(self, record: Record, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+        """The deterministic preprocessing of one record for the cache (``medzoo.cache.PreprocessConfig``):
+        image (and mask) fitted to ``cfg.size``. Dataset plugins override it to add domain steps
+        (windowing, CLAHE, breast masking) and then call this."""
+        from .cache import fit_pair
+
+        mask = self.read_mask(record) if self.task == "segmentation" else None
+        img, mask = self.domain_steps(self.read(record), mask, cfg)
+        return fit_pair(img, mask, cfg, channels=self.meta.get("channels"), pad_mask=self.ignore_index or 0)
+
+    def domain_steps(self, img: np.ndarray, mask: np.ndarray | None, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+        """CLAHE, breast masking, canonical side: image-domain steps a dataset plugin implements."""
+        asked = [k for k in ("clahe", "breast_mask", "flip_to") if getattr(cfg, k)]
+        if asked:
+            raise MedzooError(f"dataset '{self.name}' does not implement the preprocessing step(s) "
+                              f"{', '.join(asked)}; leave them out of its preprocess config")
+        return img, mask
+
+    def content_token(self) -> str:
+        """Something that changes when the pixels change under unchanged ids (file sizes and times);
+        part of the cache key so a cache is never used for data that changed under it."""
+        return ""
+
     def fingerprint(self) -> str:
         """sha256 of what the data *is* (ids, labels, splits, patients, classes) — not where it lives."""
         rows = [[r.id, r.label, r.split, r.patient] for r in sorted(self.records, key=lambda r: r.id)]
@@ -84,6 +112,32 @@ class ArraySource(DataSource):
         if self.masks is None:
             return super().read_mask(record)
         return self.masks[record.meta["index"]]
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+_SKIPPED: ContextVar[list[str] | None] = ContextVar("medzoo_skipped", default=None)
+
+
+@contextmanager
+def skipping_bad(enabled: bool = True):
+    """Inside, :func:`bad_input` records the problem and returns instead of raising (``--skip-bad``).
+    Yields the list of skipped problems."""
+    token = _SKIPPED.set([] if enabled else None)
+    try:
+        yield _SKIPPED.get()
+    finally:
+        _SKIPPED.reset(token)
+
+
+def bad_input(where: str | Path, problem: str, fix: str = "fix or remove it, or pass --skip-bad") -> None:
+    """A bad file or row: a one-line error naming it and the problem, or, under ``skipping_bad``, a
+    warning and a note in the skipped list (the caller then leaves the row out)."""
+    skipped = _SKIPPED.get()
+    if skipped is None:
+        raise MedzooError(f"{where}: {problem}; {fix}")
+    skipped.append(f"{where}: {problem}")
+    log.warning("skipped %s: %s", where, problem)
 
 
 # -- where the files are ------------------------------------------------------------------------
@@ -129,6 +183,22 @@ def assign_splits(records: list[Record], fractions: tuple[float, float, float] =
         r.split = which[r.patient or f"image:{r.id}"]
 
 
+def split_official(records: list[Record], val_fraction: float = 0.1, seed: int = 0) -> int:
+    """Keep a dataset's official test set, and make it leak-free: a patient with any image in the official
+    test set has all their images there (official splits of e.g. CBIS-DDSM share patients). The rest is
+    split into train/val by patient. Returns how many images moved to test."""
+    test_patients = {r.patient for r in records if r.split == "test" and r.patient}
+    moved = 0
+    for r in records:
+        if r.split != "test" and r.patient in test_patients:
+            r.split, moved = "test", moved + 1
+        elif r.split != "test":
+            r.split = "train"
+    if val_fraction > 0:
+        assign_splits(records, (1 - val_fraction, val_fraction, 0.0), seed=seed, only=("train",))
+    return moved
+
+
 def check_leakage(records: list[Record], name: str = "dataset") -> None:
     """Fail loudly if one patient has images in two splits."""
     seen: dict[str, set[str]] = {}
@@ -141,10 +211,23 @@ def check_leakage(records: list[Record], name: str = "dataset") -> None:
                           f"(e.g. {leaks[0]} in {sorted(seen[leaks[0]])}); split by patient, not by image")
 
 
-def open_dataset(name: str, root: str | Path | None = None) -> DataSource:
-    """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it."""
+def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any = None,
+                 skip_bad: bool = False) -> DataSource:
+    """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it.
+
+    ``preprocess``: None reads the raw images; a ``medzoo.cache.PreprocessConfig`` (or a dict of its
+    fields, or True for the dataset's recipe ``preprocess``) returns a :class:`medzoo.cache.CachedSource`
+    whose images were preprocessed once into a memory-mapped cache under ``$MEDZOO_HOME/cache``.
+    ``skip_bad``: leave out bad rows and files instead of failing (listed in ``source.meta['skipped']``).
+    """
     ref = registry().resolve("datasets", name)
-    source = ref.spec.open(root=root, arg=ref.arg)
+    with skipping_bad(skip_bad) as skipped:
+        source = ref.spec.open(root=root, arg=ref.arg)
+    if skipped:
+        source.meta["skipped"] = source.meta.get("skipped", []) + skipped
+    source.meta.setdefault("modality", ref.spec.modality)
+    source.meta.setdefault("body_part", ref.spec.body_part)
+    source.meta.setdefault("license", ref.spec.license)
     if not source.classes and source.task != "segmentation":
         raise MedzooError(f"dataset '{name}' has no classes; check its labels")
     counts = Counter(r.split for r in source.records)
@@ -152,13 +235,23 @@ def open_dataset(name: str, root: str | Path | None = None) -> DataSource:
         raise MedzooError(f"dataset '{name}' has no training images ({dict(counts) or 'no images at all'}); "
                           "check the data root and its layout")
     check_leakage(source.records, name)
-    return source
+    if preprocess is None or preprocess is False:
+        return source
+    from .cache import CachedSource, PreprocessConfig
+
+    if preprocess is True:
+        preprocess = ref.spec.recipe.get("preprocess", {})
+    cfg = preprocess if isinstance(preprocess, PreprocessConfig) else PreprocessConfig.from_dict(preprocess)
+    with skipping_bad(skip_bad):
+        return CachedSource(source, cfg)
 
 
 # -- tensors ------------------------------------------------------------------------------------
 
 def to_tensor(img: np.ndarray, in_chans: int) -> torch.Tensor:
     """H×W or H×W×C pixels → C×H×W float32 in [0, 1] with ``in_chans`` channels."""
+    if not img.flags.writeable:  # a row of a memory-mapped cache: torch refuses to wrap read-only memory
+        img = np.array(img)
     if img.dtype == np.uint8:
         x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255)
     elif img.dtype == np.uint16:
@@ -176,32 +269,88 @@ def to_tensor(img: np.ndarray, in_chans: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class TransformConfig:
     image_size: int = 224
-    augment: str = "light"  # none | light | strong
+    augment: str = "light"  # a preset (none | light | medium | strong), optionally with overrides: "strong,flip=0"
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     in_chans: int = 3
 
 
+# What each augmentation preset does. degrees: rotation; translate: fraction of the side; scale: isotropic
+# zoom; stretch: anisotropic scale (one axis by 1±s, the other by its inverse); blur/sharpen: probability;
+# brightness/contrast/gamma: intensity jitter amplitude.
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "none": {},
+    "light": dict(flip=1, degrees=7, translate=0.03, scale=0.05),
+    "medium": dict(flip=1, degrees=10, translate=0.05, scale=0.1, stretch=0.08, brightness=0.1, contrast=0.1),
+    "strong": dict(flip=1, degrees=15, translate=0.08, scale=0.15, stretch=0.15, blur=0.3, sharpen=0.3,
+                   brightness=0.2, contrast=0.2, gamma=0.2),
+}
+AUGMENT_KEYS = ("flip", "vflip", "degrees", "translate", "scale", "stretch", "blur", "sharpen",
+                "brightness", "contrast", "gamma")
+
+
+def augment_params(augment: str) -> dict[str, float]:
+    """``"strong,flip=0,stretch=0.3"`` → the preset's parameters with the overrides applied."""
+    from .registry import did_you_mean
+
+    preset, *overrides = [p.strip() for p in (augment or "none").split(",")]
+    if preset not in AUGMENT_PRESETS:
+        raise MedzooError(f"unknown augmentation preset '{preset}'{did_you_mean(preset, list(AUGMENT_PRESETS))}; "
+                          f"use one of {', '.join(AUGMENT_PRESETS)}")
+    params = dict(AUGMENT_PRESETS[preset])
+    for item in filter(None, overrides):
+        key, eq, value = item.partition("=")
+        if key not in AUGMENT_KEYS or not eq:
+            raise MedzooError(f"bad augmentation option '{item}'{did_you_mean(key, list(AUGMENT_KEYS))}; "
+                              f"write PRESET,key=value with keys {', '.join(AUGMENT_KEYS)}")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise MedzooError(f"augmentation option '{item}' needs a number") from None
+    return params
+
+
+def _augment_steps(a: dict[str, float], size: list[int]) -> list:
+    from torchvision.transforms import v2
+
+    from .augment import RandomGamma, RandomStretch
+
+    steps: list = []
+    if a.get("flip"):
+        steps.append(v2.RandomHorizontalFlip())
+    if a.get("vflip"):
+        steps.append(v2.RandomVerticalFlip())
+    if a.get("stretch"):
+        steps.append(RandomStretch(a["stretch"], size))
+    if a.get("degrees") or a.get("translate") or a.get("scale"):
+        t, z = a.get("translate", 0.0), a.get("scale", 0.0)
+        steps.append(v2.RandomAffine(degrees=a.get("degrees", 0.0), translate=(t, t) if t else None,
+                                     scale=(1 - z, 1 + z) if z else None))
+    if a.get("blur"):
+        steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=a["blur"]))
+    if a.get("sharpen"):
+        steps.append(v2.RandomAdjustSharpness(2.0, p=a["sharpen"]))
+    if a.get("brightness") or a.get("contrast"):
+        steps.append(v2.ColorJitter(brightness=a.get("brightness", 0.0), contrast=a.get("contrast", 0.0)))
+    if a.get("gamma"):
+        steps.append(RandomGamma(a["gamma"]))
+    return steps
+
+
 def build_transform(cfg: TransformConfig, train: bool) -> Callable:
     """A joint image(+mask) transform: resize, augmentation for training, normalisation.
 
-    torchvision's v2 transforms move masks with the image (nearest-neighbour for the mask).
+    torchvision's v2 transforms move masks with the image (nearest-neighbour for the mask); intensity
+    steps leave masks alone.
     """
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
     size = [cfg.image_size, cfg.image_size]
+    params = augment_params(cfg.augment)  # validated even for eval so a typo fails before training
     steps: list = [v2.Resize(size, antialias=True)]
-    if train and cfg.augment != "none":
-        strong = cfg.augment == "strong"
-        steps += [
-            v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=15 if strong else 7, translate=(0.08, 0.08) if strong else (0.03, 0.03),
-                            scale=(0.85, 1.15) if strong else (0.95, 1.05)),
-        ]
-        if strong:
-            steps += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
-                      v2.ColorJitter(brightness=0.2, contrast=0.2)]
+    if train:
+        steps += _augment_steps(params, size)
     mean = list(cfg.mean)[: cfg.in_chans] if cfg.in_chans <= len(cfg.mean) else [cfg.mean[0]] * cfg.in_chans
     std = list(cfg.std)[: cfg.in_chans] if cfg.in_chans <= len(cfg.std) else [cfg.std[0]] * cfg.in_chans
     if cfg.in_chans == 1:  # a grey image adapted from RGB weights: use the mean statistics

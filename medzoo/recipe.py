@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 1,
     "image_size": 224,
     "in_chans": 3,  # 1 adapts the first conv to grey input (timm's adapt_input_conv)
-    "augment": "light",  # none | light | strong
+    "augment": "light",  # none | light | medium | strong, with overrides: "strong,flip=0,stretch=0.3"
     "loss": "auto",  # auto | ce | bce (auto: bce for multilabel, else ce)
     "label_smoothing": 0.0,
     "class_weights": False,  # weight the loss by inverse class frequency
@@ -31,11 +31,13 @@ DEFAULTS: dict[str, Any] = {
     "metric": "auto",  # validation metric that picks the best epoch: auto | auc | accuracy | loss
     "grad_accum": 1,
     "seed": 0,
+    # the deterministic preprocessing cached once per dataset (medzoo.cache.PreprocessConfig fields,
+    # e.g. {size: 256, channels: 1, clahe: 2.0}); null reads the raw images every epoch
+    "preprocess": None,
 }
 CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
     "schedule": ("cosine", "plateau", "constant"),
-    "augment": ("none", "light", "strong"),
     "loss": ("auto", "ce", "bce", "dice_ce"),
     "metric": ("auto", "auc", "accuracy", "loss", "dice"),
 }
@@ -50,6 +52,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     if isinstance(value, str) and not isinstance(default, str):
         value = yaml.safe_load(value)
     try:
+        if default is None:  # a mapping (preprocess)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError
+            return dict(value) if value else None
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError
@@ -62,7 +68,12 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         else:
             value = str(value)
     except (TypeError, ValueError):
-        raise MedzooError(f"recipe key '{key}' in {where} must be a {type(default).__name__}, got {value!r}") from None
+        kind = "mapping" if default is None else type(default).__name__
+        raise MedzooError(f"recipe key '{key}' in {where} must be a {kind}, got {value!r}") from None
+    if key == "augment":
+        from .data import augment_params
+
+        augment_params(value)  # raises with the presets and their keys
     if key in CHOICES and value not in CHOICES[key]:
         raise MedzooError(f"recipe key '{key}' in {where} must be one of {', '.join(CHOICES[key])}, got '{value}'")
     return value

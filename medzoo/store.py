@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .registry import MedzooError, did_you_mean
+from .models import stock_timm_name
+from .registry import MedzooError, Ref, did_you_mean
 
 CONFIG = "config.json"
 _UMASK = os.umask(0)
@@ -164,8 +166,6 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__tuple__" in obj:
         return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
     if "__numpy__" in obj:
-        import numpy as np
-
         return np.asarray(obj["__numpy__"], dtype=obj["dtype"])
     return obj
 
@@ -186,6 +186,44 @@ def load_state(path: Path) -> dict[str, Any]:
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
     return _unflatten(structure, tensors)
+
+
+# -- the checkpoint's config.json ------------------------------------------------------------
+
+def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: str,
+                lineage: dict) -> dict[str, Any]:
+    """config.json in timm's Hub format, so plain ``timm.create_model('hf-hub:…')`` can load it."""
+    base = dict(getattr(model, "pretrained_cfg", None) or {})
+    size, chans = recipe["image_size"], recipe["in_chans"]
+    pretrained_cfg = {k: base[k] for k in ("interpolation", "crop_mode", "first_conv", "classifier") if k in base}
+    pretrained_cfg.update(tag=f"medzoo.{name}", input_size=[chans, size, size], crop_pct=1.0,
+                          mean=list(tcfg.mean)[:chans] if chans == 3 else [float(np.mean(tcfg.mean))],
+                          std=list(tcfg.std)[:chans] if chans == 3 else [float(np.mean(tcfg.std))],
+                          num_classes=len(classes), license=_license(lineage))
+    model_args: dict[str, Any] = {}
+    if chans != 3:
+        model_args["in_chans"] = chans
+    if "img_size" in _fixed_size_args(arch_ref, size):
+        model_args["img_size"] = size
+    config = {"architecture": stock_timm_name(arch_ref) or arch_ref.name,
+              "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
+              "global_pool": getattr(model, "global_pool", None) and "avg", "label_names": list(classes),
+              "pretrained_cfg": pretrained_cfg, "medzoo": lineage}
+    if model_args:
+        config["model_args"] = model_args
+    return config
+
+
+def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
+    name = stock_timm_name(arch_ref) or ""
+    default = arch_ref.spec.input_size[-1]
+    return {"img_size": size} if name.startswith(("swin", "vit", "deit")) and size != default else {}
+
+
+def _license(lineage: dict) -> str:
+    licenses = [s.get("license") for s in lineage.get("stages", []) if s.get("license")]
+    restrictive = [l for l in licenses if "NC" in l.upper() or "research" in l.lower()]
+    return (restrictive or licenses or ["unknown"])[-1]
 
 
 # -- reading the store --------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from . import __version__, data as mzdata, models, recipe as mzrecipe, store
+from .metrics import classification_metrics, plot_history, write_history
 from .registry import MedzooError, Ref, registry
 
 FORMAT = 1  # bump when a change to training makes old checkpoints non-reusable
@@ -41,6 +41,7 @@ class Runtime:
     num_workers: int = 0  # on 2 CPU cores workers compete with compute; 0 measured fastest
     data_roots: dict[str, str] = field(default_factory=dict)
     force: bool = False
+    skip_bad: bool = False  # leave out unreadable files and rows (counted and listed) instead of failing
 
 
 @dataclass
@@ -112,14 +113,20 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     file = mzrecipe.read_recipe_file(recipe_file)
     # Open and check every dataset and recipe before anything trains: a typo in the last stage must not
     # cost the first stage's hours, nor leave anything behind.
-    sources = {d: mzdata.open_dataset(d, runtime.data_roots.get(d)) for d in dict.fromkeys(datasets)}
     recipes = [mzrecipe.resolve(d, registry().resolve("datasets", d).spec.recipe, file, sets, datasets)
                for d in datasets]
+    sources = {}
+    for d, r in zip(datasets, recipes):
+        key = (d, json.dumps(r["preprocess"], sort_keys=True))
+        if key not in sources:
+            sources[key] = mzdata.open_dataset(d, runtime.data_roots.get(d), preprocess=r["preprocess"],
+                                               skip_bad=runtime.skip_bad)
     _init_distributed()
     parent = _start(arch_ref, first)
     results = []
     for dataset, recipe in zip(datasets, recipes):
-        result, parent = _run_stage(arch_ref, parent, dataset, sources[dataset], recipe, runtime)
+        source = sources[(dataset, json.dumps(recipe["preprocess"], sort_keys=True))]
+        result, parent = _run_stage(arch_ref, parent, dataset, source, recipe, runtime)
         results.append(result)
     _summary(results)
     return results
@@ -529,7 +536,7 @@ class StageTrainer:
             lineage = self._lineage(best, history, seconds, sha)
             lineage["name"] = final_name
             lineage["stages"][-1].update(checkpoint=final_name, weights_sha256=sha)
-            config = timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
+            config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
                                  final_name, lineage)
             (tmp / store.CONFIG).write_text(json.dumps(config, indent=2, default=str))
             (tmp / "metrics.json").write_text(json.dumps({"split": "val", "best_epoch": best["epoch"],
@@ -552,89 +559,6 @@ class StageTrainer:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: mzdata.TransformConfig, name: str,
-                lineage: dict) -> dict[str, Any]:
-    """config.json in timm's Hub format, so plain ``timm.create_model('hf-hub:…')`` can load it."""
-    base = dict(getattr(model, "pretrained_cfg", None) or {})
-    size, chans = recipe["image_size"], recipe["in_chans"]
-    pretrained_cfg = {k: base[k] for k in ("interpolation", "crop_mode", "first_conv", "classifier") if k in base}
-    pretrained_cfg.update(tag=f"medzoo.{name}", input_size=[chans, size, size], crop_pct=1.0,
-                          mean=list(tcfg.mean)[:chans] if chans == 3 else [float(np.mean(tcfg.mean))],
-                          std=list(tcfg.std)[:chans] if chans == 3 else [float(np.mean(tcfg.std))],
-                          num_classes=len(classes), license=_license(lineage))
-    model_args: dict[str, Any] = {}
-    if chans != 3:
-        model_args["in_chans"] = chans
-    if "img_size" in _fixed_size_args(arch_ref, size):
-        model_args["img_size"] = size
-    config = {"architecture": models.stock_timm_name(arch_ref) or arch_ref.name,
-              "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
-              "global_pool": getattr(model, "global_pool", None) and "avg", "label_names": list(classes),
-              "pretrained_cfg": pretrained_cfg, "medzoo": lineage}
-    if model_args:
-        config["model_args"] = model_args
-    return config
-
-
-def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
-    name = models.stock_timm_name(arch_ref) or ""
-    default = arch_ref.spec.input_size[-1]
-    return {"img_size": size} if name.startswith(("swin", "vit", "deit")) and size != default else {}
-
-
-def _license(lineage: dict) -> str:
-    licenses = [s.get("license") for s in lineage.get("stages", []) if s.get("license")]
-    restrictive = [l for l in licenses if "NC" in l.upper() or "research" in l.lower()]
-    return (restrictive or licenses or ["unknown"])[-1]
-
-
-def classification_metrics(task: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
-    from torchmetrics.functional.classification import accuracy, auroc
-
-    if task == "multilabel":
-        probs, target = logits.sigmoid(), target.long()
-        kw = {"task": "multilabel", "num_labels": num_classes}
-        return {"auc": float(auroc(probs, target, average="macro", **kw)), "accuracy": float(accuracy(probs, target, **kw))}
-    probs = logits.softmax(1)
-    if num_classes == 2:
-        p1 = probs[:, 1]
-        auc = float(auroc(p1, target, task="binary")) if target.unique().numel() > 1 else float("nan")
-        return {"auc": auc, "accuracy": float(accuracy(p1, target, task="binary"))}
-    kw = {"task": "multiclass", "num_classes": num_classes}
-    return {"auc": float(auroc(probs, target, average="macro", **kw)),
-            "accuracy": float(accuracy(probs, target, average="micro", **kw))}
-
-
-def write_history(history: list[dict], path: Path) -> None:
-    import csv
-
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-
-
-def plot_history(history: list[dict], path: Path, title: str, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    a.legend()
-    b.plot(epochs, [h.get(f"val_{metric}") for h in history], "o-", color="C2")
-    b.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
 
 def _device(name: str | None) -> torch.device:
     if name:

@@ -106,6 +106,8 @@ def test_installed_arch_trains_forward_in_process(site, monkeypatch):
     importlib.invalidate_caches()
     import medzoo
     import torch
+    from medzoo.registry import MedzooPluginWarning
 
-    model = medzoo.create_model("acme_net", num_classes=2, in_chans=1)
+    with pytest.warns(MedzooPluginWarning, match="medzoo_broken"):
+        model = medzoo.create_model("acme_net", num_classes=2, in_chans=1)
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +235,16 @@ def test_cli_train_recipe_file_and_errors(tmp_path):
     bad = run_cli("train", "resnet18", "--stages", "scratch,phantom_lesion", "--set", "lr=fast", env=env, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("Error: recipe key 'lr'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_trains_on_real_layouts_through_the_preprocessed_cache(tmp_path):
+    from datagen import make_chest_xray, make_inbreast
+
+    roots = {"chest_xray": str(make_chest_xray(tmp_path / "cxr")), "inbreast": str(make_inbreast(tmp_path / "inb"))}
+    results = medzoo.train("resnet18", "scratch,chest_xray,inbreast", precision="fp32", data_roots=roots,
+                           overrides=tiny("in_chans=1", "freeze=full", "patience=0", "warmup_epochs=0"))
+    assert [r.dataset for r in results] == ["chest_xray", "inbreast"]
+    lin = store.get_local(results[-1].name).lineage
+    assert lin["stages"][0]["recipe"]["preprocess"]["clahe"] == 2.0  # chest X-ray's default preprocessing
+    assert lin["in_chans"] == 1 and lin["stages"][1]["classes"] == ["benign", "malignant"]
+    assert len(list((store.home() / "cache").iterdir())) == 2  # one preprocessed cache per dataset

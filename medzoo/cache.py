@@ -1,0 +1,253 @@
+"""The preprocessed cache: the deterministic part of preprocessing (decode, window, mask, CLAHE, resize)
+runs once per dataset and configuration into memory-mapped ``.npy`` files under ``$MEDZOO_HOME/cache``,
+so later epochs and later stages pay only for augmentation.
+
+A cache is keyed by the configuration, the dataset's fingerprint (ids, labels, splits), its content token
+(file sizes and times) and the preprocessing code's version: any change gives a new key, so a stale cache
+is never read. It is written into a temporary folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .data import DataSource, Record, bad_input, log
+from .registry import MedzooError, did_you_mean
+
+# Bump when any preprocessing step changes what it writes: old caches then miss instead of being reused.
+CACHE_VERSION = 1
+FITS = ("pad", "crop", "stretch")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The deterministic preprocessing stored in the cache."""
+
+    size: int = 256  # side of the square cached image; train at a smaller image_size to leave room for crops
+    fit: str = "pad"  # pad: keep the aspect and pad; crop: keep the aspect and centre-crop; stretch: ignore it
+    channels: int | None = None  # 1 or 3; None: the dataset's own (grey datasets 1, RGB ones 3)
+    dtype: str = "uint8"  # uint8 | uint16 (keeps 16-bit mammograms' depth)
+    clahe: float = 0.0  # CLAHE clip limit (OpenCV), 0 = off
+    breast_mask: bool = False  # mammograms: keep the largest bright component, drop labels and markers
+    flip_to: str | None = None  # mammograms: 'left' or 'right': mirror breasts so all face one side
+
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise MedzooError(f"preprocess fit '{self.fit}' is not one of {', '.join(FITS)}")
+        if self.channels not in (None, 1, 3):
+            raise MedzooError(f"preprocess channels must be 1 or 3, not {self.channels}")
+        if self.dtype not in ("uint8", "uint16"):
+            raise MedzooError(f"preprocess dtype must be uint8 or uint16, not {self.dtype}")
+        if self.flip_to not in (None, "left", "right"):
+            raise MedzooError(f"preprocess flip_to must be 'left' or 'right', not {self.flip_to}")
+        if not 8 <= int(self.size) <= 8192:
+            raise MedzooError(f"preprocess size {self.size} is out of range (8..8192)")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d or {}:
+            if key not in names:
+                raise MedzooError(f"unknown preprocess option '{key}'{did_you_mean(key, names)}; "
+                                  f"options: {', '.join(names)}")
+        return cls(**dict(d or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("MEDZOO_HOME", Path.home() / ".medzoo")).expanduser() / "cache"
+
+
+# -- the generic part of preprocessing: size and channels ---------------------------------------
+
+def _as_float(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535
+    return np.clip(img.astype(np.float32, copy=False), 0, 1)
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """H×W or H×W×C → H×W (channels=1) or H×W×3, alpha dropped."""
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if channels == 1:
+        return img if img.ndim == 2 else img.astype(np.float32).mean(2).astype(img.dtype)
+    return img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+
+
+def _geometry(h: int, w: int, size: int, fit: str) -> tuple[int, int]:
+    if fit == "stretch":
+        return size, size
+    scale = size / (max(h, w) if fit == "pad" else min(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _place(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
+    """Centre-pad or centre-crop the last two dims of ``x`` to size×size."""
+    h, w = x.shape[-2:]
+    out = torch.full((*x.shape[:-2], size, size), fill, dtype=x.dtype)
+    top, left = (size - h) // 2, (size - w) // 2
+    sy, sx = max(0, -top), max(0, -left)
+    ty, tx = max(0, top), max(0, left)
+    hh, ww = min(h - sy, size - ty), min(w - sx, size - tx)
+    out[..., ty:ty + hh, tx:tx + ww] = x[..., sy:sy + hh, sx:sx + ww]
+    return out
+
+
+def fit_pair(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig, *, channels: int | None = None,
+             pad_mask: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize an image (antialiased) and its mask (nearest) to ``cfg.size`` as ``cfg.fit`` says, convert the
+    image to ``cfg.channels`` (else ``channels``, else 3) and ``cfg.dtype``."""
+    img = to_channels(img, cfg.channels or channels or (1 if img.ndim == 2 else 3))
+    h, w = img.shape[:2]
+    nh, nw = _geometry(h, w, cfg.size, cfg.fit)
+    x = torch.from_numpy(_as_float(img))
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    x = torch.nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True,
+                                        align_corners=False)[0].clamp_(0, 1)
+    x = _place(x, cfg.size, 0.0)
+    top = 65535 if cfg.dtype == "uint16" else 255
+    out = (x * top).round_().numpy().astype(cfg.dtype)
+    out = out[0] if out.shape[0] == 1 else out.transpose(1, 2, 0)
+    if mask is None:
+        return np.ascontiguousarray(out), None
+    if mask.shape[:2] != (h, w):
+        raise MedzooError(f"mask of size {mask.shape[:2]} does not match its image {(h, w)}; check the mask files")
+    m = torch.from_numpy(np.asarray(mask, dtype=np.int64))[None, None].float()
+    m = torch.nn.functional.interpolate(m, size=(nh, nw), mode="nearest-exact")[0, 0]
+    m = _place(m, cfg.size, float(pad_mask)).numpy()
+    return np.ascontiguousarray(out), m.astype(np.uint8 if m.max(initial=0) < 256 else np.int32)
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+def cache_key(source: DataSource, cfg: PreprocessConfig) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, "config": cfg.to_dict(), "fingerprint": source.fingerprint(),
+                       "content": source.content_token(), "reader": type(source).__qualname__,
+                       "reader_version": getattr(source, "preprocess_version", 0)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CachedSource(DataSource):
+    """``source`` with every image preprocessed by ``source.prepare(record, cfg)`` once, then read from a
+    memory-mapped array. Records the build could not read under ``--skip-bad`` are left out."""
+
+    def __init__(self, source: DataSource, cfg: PreprocessConfig, *, home: Path | None = None):
+        self.source, self.cfg = source, cfg
+        self.key = cache_key(source, cfg)
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name)[:60]
+        self.path = (home or cache_home()) / f"{slug}-{self.key[:24]}"
+        if not self._valid():
+            self._build()
+        index = json.loads((self.path / "index.json").read_text())
+        rows = index["rows"]
+        records = [r for r in source.records if r.id in rows]
+        super().__init__(source.name, source.task, source.classes, records, ignore_index=source.ignore_index,
+                         meta={**source.meta, "preprocess": cfg.to_dict(), "cache": str(self.path),
+                               "channels": cfg.channels or index["channels"]})
+        if index["skipped"]:
+            self.meta["skipped"] = self.meta.get("skipped", []) + index["skipped"]
+        self._rows = rows
+        self.images = np.load(self.path / "images.npy", mmap_mode="r")
+        self.masks = np.load(self.path / "masks.npy", mmap_mode="r") if (self.path / "masks.npy").exists() else None
+
+    def _valid(self) -> bool:
+        try:
+            index = json.loads((self.path / "index.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return index.get("key") == self.key
+
+    def read(self, record: Record) -> np.ndarray:
+        return self.images[self._rows[record.id]]
+
+    def read_mask(self, record: Record) -> np.ndarray:
+        if self.masks is None:
+            return super().read_mask(record)
+        return self.masks[self._rows[record.id]]
+
+    def fingerprint(self) -> str:
+        return self.source.fingerprint()
+
+    def prepare(self, record: Record, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+        raise MedzooError("a cached dataset is already preprocessed; open the dataset without preprocess=")
+
+    def _build(self) -> None:
+        from tqdm import tqdm
+
+        records = self.source.records
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            images = masks = None
+            rows: dict[str, int] = {}
+            skipped: list[str] = []
+            n = 0
+            for r in tqdm(records, desc=f"caching {self.source.name}", unit="img", leave=False, disable=None):
+                try:
+                    img, mask = self.source.prepare(r, self.cfg)
+                except MedzooError as exc:
+                    bad_input(r.id, str(exc), "fix the file, or pass --skip-bad to leave it out")
+                    skipped.append(f"{r.id}: {exc}")
+                    continue
+                if images is None:
+                    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=img.dtype,
+                                                       shape=(len(records), *img.shape))
+                    if mask is not None:
+                        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+",
+                                                          dtype=np.uint8 if len(self.source.classes) < 256 else np.int32,
+                                                          shape=(len(records), *mask.shape))
+                images[n] = img
+                if masks is not None:
+                    masks[n] = mask
+                rows[r.id] = n
+                n += 1
+            if images is None:
+                raise MedzooError(f"dataset '{self.source.name}': no image could be preprocessed; check its files")
+            channels = 1 if images.ndim == 3 else images.shape[3]
+            del images, masks  # flush the memmaps before the rename
+            if n < len(records):  # the skipped rows left unused space at the end: trim it
+                truncate_npy(tmp / "images.npy", n)
+                if (tmp / "masks.npy").exists():
+                    truncate_npy(tmp / "masks.npy", n)
+            (tmp / "index.json").write_text(json.dumps({"key": self.key, "name": self.source.name,
+                                                        "config": self.cfg.to_dict(), "channels": channels,
+                                                        "rows": rows, "skipped": skipped}))
+            if self.path.exists():  # an invalid (stale-keyed or partial) folder with our name
+                shutil.rmtree(self.path)
+            try:
+                os.rename(tmp, self.path)
+            except OSError:  # another process finished the same cache first: use theirs
+                if not self._valid():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("cached %s: %d images in %s", self.source.name, n, self.path)
+
+
+def truncate_npy(path: Path, n: int) -> None:
+    full = np.load(path, mmap_mode="r")
+    part = path.with_suffix(".part.npy")
+    out = np.lib.format.open_memmap(part, mode="w+", dtype=full.dtype, shape=(n, *full.shape[1:]))
+    out[:] = full[:n]
+    del out, full
+    os.replace(part, path)

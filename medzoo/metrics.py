@@ -1,0 +1,54 @@
+"""Metrics and the plots and tables of a stage's history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def classification_metrics(task: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    from torchmetrics.functional.classification import accuracy, auroc
+
+    if task == "multilabel":
+        probs, target = logits.sigmoid(), target.long()
+        kw = {"task": "multilabel", "num_labels": num_classes}
+        return {"auc": float(auroc(probs, target, average="macro", **kw)), "accuracy": float(accuracy(probs, target, **kw))}
+    probs = logits.softmax(1)
+    if num_classes == 2:
+        p1 = probs[:, 1]
+        auc = float(auroc(p1, target, task="binary")) if target.unique().numel() > 1 else float("nan")
+        return {"auc": auc, "accuracy": float(accuracy(p1, target, task="binary"))}
+    kw = {"task": "multiclass", "num_classes": num_classes}
+    return {"auc": float(auroc(probs, target, average="macro", **kw)),
+            "accuracy": float(accuracy(probs, target, average="micro", **kw))}
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    import csv
+
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_history(history: list[dict], path: Path, title: str, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    b.plot(epochs, [h.get(f"val_{metric}") for h in history], "o-", color="C2")
+    b.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,180 @@
+"""Your own data: ``imagefolder:<path>`` (class sub-folders), ``csv:<file>`` (path, label[, patient_id][, split])
+and ``dicom:<folder>`` (DICOM files with a labels.csv); plus ``medzoo data check`` and ``medzoo data cache``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from medzoo import hookimpl
+from medzoo.data import SPLITS, Record, assign_splits, bad_input, check_leakage
+from medzoo.registry import DatasetSpec, MedzooError
+
+from .imaging import FileSource, dicom_header, is_dicom, list_images, read_csv_rows, recipe
+
+GENERIC_RECIPE = recipe(preprocess={"size": 256})
+
+
+def _existing(path: str | None, what: str, kind: str) -> Path:
+    if not path:
+        raise MedzooError(f"{kind} needs a path: {kind}:<{what}>")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MedzooError(f"{kind}: {p} does not exist; give the {what}")
+    return p
+
+
+def open_imagefolder(*, root=None, arg=None) -> FileSource:
+    top = _existing(arg or (str(root) if root else None), "folder with one sub-folder per class", "imagefolder")
+    split_dirs = [s for s in SPLITS if (top / s).is_dir()]
+    layout = [(s, top / s) for s in split_dirs] if split_dirs else [(None, top)]
+    classes = sorted({d.name for _, base in layout for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    if not classes:
+        raise MedzooError(f"imagefolder: {top} has no class sub-folders; put each class's images in <folder>/<class>/")
+    records = []
+    for split, base in layout:
+        for c in classes:
+            folder = base / c
+            files = list_images(folder) if folder.is_dir() else []
+            if not files and split in (None, "train"):
+                raise MedzooError(f"imagefolder: class folder {folder} has no images; remove it or add images")
+            for p in files:
+                rel = p.relative_to(top).as_posix()
+                records.append(Record(rel, classes.index(c), split or "train", None, meta={"path": rel}))
+    if not split_dirs:
+        assign_splits(records, seed=0)  # no patient ids: each image is its own patient
+    elif "val" not in split_dirs:
+        assign_splits(records, (0.9, 0.1, 0.0), seed=0, only=("train",))
+    return FileSource(f"imagefolder:{top}", "classification", classes, records, root=top)
+
+
+def _labelled_rows(table: Path) -> tuple[list[str], list[Record]]:
+    """Rows of a labels CSV (path or file, label[, patient_id][, split]) as records, paths relative to it."""
+    rows = read_csv_rows(table)
+    if not rows:
+        raise MedzooError(f"{table}: no rows; expected a header path,label[,patient_id][,split] and one row per image")
+    cols = set(rows[0])
+    path_col = next((c for c in ("path", "file", "filename", "image") if c in cols), None)
+    if path_col is None or "label" not in cols:
+        raise MedzooError(f"{table}: needs columns 'path' and 'label' (has {', '.join(sorted(cols))})")
+    classes = sorted({r["label"] for r in rows if r["label"]})
+    records = []
+    for line, row in enumerate(rows, start=2):
+        rel = row[path_col]
+        if not row["label"]:
+            bad_input(f"{table}:{line}", "has no label")
+            continue
+        if not (table.parent / rel).is_file():
+            bad_input(f"{table}:{line}", f"references {table.parent / rel}, which does not exist")
+            continue
+        split = row.get("split", "").lower() or "train"
+        if split not in SPLITS:
+            bad_input(f"{table}:{line}", f"unknown split {split!r} (use train, val or test)")
+            continue
+        records.append(Record(rel, classes.index(row["label"]), split, row.get("patient_id") or None,
+                              meta={"path": rel}))
+    if not records:
+        raise MedzooError(f"{table}: no usable rows; see the errors above or drop --skip-bad")
+    if "split" not in cols:
+        assign_splits(records, seed=0)
+    else:
+        check_leakage(records, str(table))
+    return classes, records
+
+
+def open_csv(*, root=None, arg=None) -> FileSource:
+    table = _existing(arg, "file.csv", "csv")
+    classes, records = _labelled_rows(table)
+    return FileSource(f"csv:{table}", "classification", classes, records, root=table.parent)
+
+
+def open_dicom(*, root=None, arg=None) -> FileSource:
+    folder = _existing(arg or (str(root) if root else None), "folder with DICOM files and labels.csv", "dicom")
+    table = folder / "labels.csv"
+    if not table.is_file():
+        raise MedzooError(f"dicom: no {table}; write one with columns path,label[,patient_id][,split]")
+    classes, records = _labelled_rows(table)
+    for r in records:
+        if not is_dicom(folder / r.id):
+            raise MedzooError(f"{folder / r.id}: not a DICOM file (no DICM header); use csv:{table} for other images")
+    if not any(r.patient for r in records):  # no patient column: use the PatientID tag, then re-split by it
+        for r in records:
+            r.patient = str(dicom_header(folder / r.id).get("PatientID", "")) or None
+        if "split" not in read_csv_rows(table)[0]:
+            assign_splits(records, seed=0)
+    return FileSource(f"dicom:{folder}", "classification", classes, records, root=folder, grey=True)
+
+
+# -- medzoo data check / cache -------------------------------------------------------------------------
+
+def data_group(cli) -> click.Group:
+    """The ``medzoo data`` group, created by whichever data plugin comes first."""
+    if "data" not in cli.commands:
+        @cli.group("data")
+        def data():
+            """Check, cache and build datasets."""
+    return cli.commands["data"]
+
+
+@hookimpl
+def register_commands(cli):
+    group = data_group(cli)
+
+    @group.command("check")
+    @click.argument("name")
+    @click.option("--data-root", type=click.Path(), help="Where the dataset is (else MEDZOO_DATA_<NAME> or MEDZOO_DATA).")
+    @click.option("--skip-bad", is_flag=True, help="Leave out bad rows and files instead of failing.")
+    def check(name, data_root, skip_bad):
+        """Open a dataset: images per split and class, patients, leakage check, fingerprint."""
+        from collections import Counter
+
+        from medzoo.data import open_dataset
+
+        src = open_dataset(name, data_root, skip_bad=skip_bad)
+        click.echo(f"{src.name}: {len(src.records)} images, task {src.task}, fingerprint {src.fingerprint()[:16]}")
+        for split in SPLITS:
+            rows = src.split(split)
+            patients = len({r.patient for r in rows if r.patient})
+            if src.task == "classification":
+                counts = Counter(src.classes[r.label] for r in rows)
+                detail = ", ".join(f"{c}: {counts.get(c, 0)}" for c in src.classes)
+            else:
+                detail = ""
+            click.echo(f"  {split}: {len(rows)} images, {patients} patients  {detail}".rstrip())
+        for problem in src.meta.get("skipped", []):
+            click.echo(f"  skipped {problem}")
+
+    @group.command("cache")
+    @click.argument("name")
+    @click.option("--data-root", type=click.Path())
+    @click.option("--size", type=int, help="Side of the cached square images (default: the dataset's recipe).")
+    @click.option("--clahe", type=float, help="CLAHE clip limit, 0 for none.")
+    @click.option("--skip-bad", is_flag=True)
+    def cache(name, data_root, size, clahe, skip_bad):
+        """Preprocess a dataset once into the memory-mapped cache (as training would)."""
+        from medzoo.cache import PreprocessConfig
+        from medzoo.data import open_dataset
+        from medzoo.registry import registry
+
+        cfg = dict(registry().resolve("datasets", name).spec.recipe.get("preprocess", {}))
+        cfg.update({k: v for k, v in (("size", size), ("clahe", clahe)) if v is not None})
+        src = open_dataset(name, data_root, preprocess=PreprocessConfig.from_dict(cfg), skip_bad=skip_bad)
+        click.echo(f"{src.name}: {len(src.records)} images cached in {src.meta['cache']}")
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec(
+        name="imagefolder", open=open_imagefolder, docs="docs/datasets/imagefolder.md",
+        description="a folder with one sub-folder of images per class (optionally inside train/val/test)",
+        takes_arg=True, arg_help="folder", recipe=GENERIC_RECIPE))
+    register(DatasetSpec(
+        name="csv", open=open_csv, docs="docs/datasets/csv.md",
+        description="a CSV with columns path,label[,patient_id][,split]; paths relative to the CSV",
+        takes_arg=True, arg_help="file.csv", recipe=GENERIC_RECIPE))
+    register(DatasetSpec(
+        name="dicom", open=open_dicom, docs="docs/datasets/dicom.md",
+        description="a folder of DICOM files with labels.csv (path,label[,patient_id][,split]); patients "
+                    "from the PatientID tag when the CSV has none",
+        takes_arg=True, arg_help="folder", recipe=GENERIC_RECIPE))

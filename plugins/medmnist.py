@@ -1,0 +1,192 @@
+"""MedMNIST / MedMNIST+ 2D datasets, read straight from their ``<flag>[_<size>].npz`` files.
+
+The npz is unpacked once into ``.npy`` files under ``$MEDZOO_HOME/cache/medmnist`` so images are memory-mapped
+(a 224-px npz can hold tens of GB; ``np.load`` of an npz member reads it all into memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from medzoo import hookimpl
+from medzoo.cache import cache_home
+from medzoo.data import ArraySource, Record, data_root
+from medzoo.registry import DatasetSpec, MedzooError, did_you_mean
+
+from .imaging import preprocess_steps, recipe
+
+# flag -> (task, modality, body part, license, labels). The labels are those of the medmnist package's INFO
+# (3.0); INFO itself is used when the package is installed.
+_NC = "CC BY-NC 4.0"
+_ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+           "lung-right", "pancreas", "spleen")
+FLAGS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
+    "pathmnist": ("classification", "histology", "colon", "CC BY 4.0", (
+        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+        "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
+    "chestmnist": ("multilabel", "X-ray", "chest", "CC BY 4.0", (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
+        "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")),
+    "dermamnist": ("classification", "dermatoscopy", "skin", _NC, (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
+        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
+    "octmnist": ("classification", "OCT", "retina", "CC BY 4.0", (
+        "choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
+    "pneumoniamnist": ("classification", "X-ray", "chest", "CC BY 4.0", ("normal", "pneumonia")),
+    "retinamnist": ("classification", "fundus photography", "retina", "CC BY 4.0", ("0", "1", "2", "3", "4")),
+    "breastmnist": ("classification", "ultrasound", "breast", "CC BY 4.0", ("malignant", "normal, benign")),
+    "bloodmnist": ("classification", "microscopy", "blood", "CC BY 4.0", (
+        "basophil", "eosinophil", "erythroblast",
+        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
+        "neutrophil", "platelet")),
+    "tissuemnist": ("classification", "microscopy", "kidney", "CC BY 4.0", (
+        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
+        "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
+        "Thick Ascending Limb")),
+    "organamnist": ("classification", "CT", "abdomen", "CC BY 4.0", _ORGANS),
+    "organcmnist": ("classification", "CT", "abdomen", "CC BY 4.0", _ORGANS),
+    "organsmnist": ("classification", "CT", "abdomen", "CC BY 4.0", _ORGANS),
+}
+SIZES = (28, 64, 128, 224)
+
+
+def flag_info(flag: str) -> tuple[str, str, str, str, tuple[str, ...]]:
+    task, modality, body, license_, labels = FLAGS[flag]
+    try:
+        from medmnist import INFO  # the package's metadata wins when it is installed (newer releases)
+
+        info = INFO[flag]
+        labels = tuple(info["label"][str(i)] for i in range(len(info["label"])))
+        license_ = info.get("license", license_)
+    except (ImportError, KeyError):
+        pass
+    return task, modality, body, license_, labels
+
+
+def _parse(arg: str | None) -> tuple[str, int | None]:
+    if not arg:
+        raise MedzooError(f"medmnist needs a flag: medmnist:<flag>[_<size>], flags: {', '.join(FLAGS)}")
+    flag, _, size = arg.lower().partition("_")
+    if flag not in FLAGS:
+        extra = " (3D flags are not 2D images)" if flag.endswith("3d") else ""
+        raise MedzooError(f"unknown MedMNIST flag '{flag}'{did_you_mean(flag, list(FLAGS))}{extra}; "
+                          f"2D flags: {', '.join(FLAGS)}")
+    if size and (not size.isdigit() or int(size) not in SIZES):
+        raise MedzooError(f"MedMNIST size '{size}' is not one of {', '.join(map(str, SIZES))}")
+    return flag, int(size) if size else None
+
+
+def find_npz(folder: Path, flag: str, size: int | None) -> Path:
+    """``<flag>.npz`` is the 28-px release, ``<flag>_<size>.npz`` MedMNIST+; no size: the largest present."""
+    names = [f"{flag}_{size}.npz"] if size and size != 28 else [f"{flag}.npz", f"{flag}_28.npz"] if size \
+        else [f"{flag}_{s}.npz" for s in reversed(SIZES)] + [f"{flag}.npz"]
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    raise MedzooError(f"medmnist: none of {', '.join(names)} in {folder}; "
+                      "download it (docs/datasets/medmnist.md)")
+
+
+def unpack_npz(npz: Path) -> Path:
+    """The npz's arrays as .npy files (written once, atomically, keyed by the npz's size and time)."""
+    st = npz.stat()
+    key = hashlib.sha256(f"{npz.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_home() / "medmnist" / f"{npz.stem}-{key}"
+    if (out / "done").is_file():
+        return out
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        try:
+            zf = zipfile.ZipFile(npz)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise MedzooError(f"{npz}: not a readable npz ({exc}); re-download it") from None
+        with zf:
+            for member in zf.namelist():
+                with zf.open(member) as src, open(tmp / member, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)  # streamed: never the whole array in memory
+        (tmp / "done").touch()
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise MedzooError(f"{npz}: truncated or corrupt npz ({exc}); re-download it") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class MedmnistSource(ArraySource):
+    def domain_steps(self, img, mask, cfg):
+        return preprocess_steps(img, mask, cfg)
+
+    def content_token(self) -> str:
+        return self.meta["npz_token"]
+
+
+def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
+    flag, size = _parse(arg)
+    try:
+        folder = data_root("medmnist", root)
+    except MedzooError:
+        default = Path.home() / ".medmnist"  # where the medmnist package downloads to
+        if root is None and default.is_dir():
+            folder = default
+        else:
+            raise
+    npz = find_npz(folder, flag, size)
+    task, modality, body, license_, labels = flag_info(flag)
+    arrays = unpack_npz(npz)
+    images, records = [], []
+    for split in ("train", "val", "test"):
+        try:
+            x = np.load(arrays / f"{split}_images.npy", mmap_mode="r")
+            y = np.load(arrays / f"{split}_labels.npy")
+        except (OSError, ValueError) as exc:
+            raise MedzooError(f"{npz}: no readable {split}_images/{split}_labels ({exc}); re-download it") from None
+        if len(x) != len(y):
+            raise MedzooError(f"{npz}: {len(x)} {split} images but {len(y)} labels; re-download it")
+        y = y.reshape(len(y), -1)
+        offset = sum(len(a) for a in images)
+        for i in range(len(x)):
+            # ChestMNIST keeps its 14 labels; the others are N×1 class indices
+            label = [int(v) for v in y[i]] if task == "multilabel" else int(y[i, 0])
+            # MedMNIST publishes no patient ids: records stand alone (see the docs page on leakage)
+            records.append(Record(f"{split}/{i}", label, split, None, meta={"index": offset + i}))
+        images.append(x)
+    pixels = _Concat(images)
+    st = npz.stat()
+    return MedmnistSource(f"medmnist:{npz.stem}", task, labels, records, pixels, meta={
+        "channels": 3 if images[0].ndim == 4 else 1, "modality": modality, "body_part": body, "license": license_,
+        "ordinal": flag == "retinamnist", "npz_token": f"{npz.name}|{st.st_size}|{st.st_mtime_ns}"})
+
+
+class _Concat:
+    """Index the train, val and test memmaps as one array without copying them."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.bounds = np.cumsum([0] + [len(p) for p in parts])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        k = int(np.searchsorted(self.bounds, i, side="right")) - 1
+        return np.asarray(self.parts[k][i - self.bounds[k]])
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec(
+        name="medmnist", open=open_medmnist, task="classification", modality="various", body_part="various",
+        license="CC BY 4.0 (dermamnist CC BY-NC 4.0)", docs="docs/datasets/medmnist.md",
+        description="a 2D MedMNIST/MedMNIST+ dataset from its npz, e.g. medmnist:pathmnist_224 "
+                    "(chestmnist is multilabel, retinamnist ordinal)",
+        takes_arg=True, arg_help="flag[_size]",
+        recipe=recipe(epochs=20, batch_size=64, lr=5e-4, augment="light", patience=5,
+                      preprocess={"size": 224, "fit": "stretch"})))
