@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The demo's data is synthetic (medzoo's phantom datasets): it runs offline in about two minutes.
 demo: $(STAMP)
-	$(BIN)/medzoo plugins
-	$(BIN)/medzoo list archs
-	$(BIN)/medzoo list sources
+	$(BIN)/medzoo train resnet18 --stages scratch,phantom_agg,phantom_lesion
+	$(BIN)/medzoo train resnet18 --stages scratch,phantom_lesion
+	$(BIN)/medzoo list weights
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
