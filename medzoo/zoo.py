@@ -138,16 +138,18 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
         raise MedzooError(f"'{HF_PREFIX}{repo_id}' is not a Hub repo id; write it as hf-hub:ORG/REPO[@revision]")
     where = f"{HF_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
     config_path = _hub_call(lambda: hf_hub_download(repo_id, store.CONFIG, revision=revision), where, store.CONFIG)
-    snapshot = Path(config_path).parent
-    commit = snapshot.name  # the cache names snapshot folders by commit hash
+    commit = Path(config_path).parent.name  # the cache names snapshot folders by commit hash
+    try:
+        config = json.loads(Path(config_path).read_text())
+    except ValueError as exc:
+        raise MedzooError(f"{where}: config.json is not valid JSON ({exc}); fix the repo") from None
+    if "medzoo" not in config:
+        raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage); "
+                          f"load it with timm.create_model('{HF_PREFIX}{repo_id}', pretrained=True)")
     weights_path = None
     if weights:
         weights_path = Path(_hub_call(lambda: hf_hub_download(repo_id, store.WEIGHTS, revision=revision),
                                       where, store.WEIGHTS))
-    config = json.loads(Path(config_path).read_text())
-    if "medzoo" not in config:
-        raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage); "
-                          f"load it with timm.create_model('{HF_PREFIX}{repo_id}', pretrained=True)")
     return Located(config, weights_path, f"{HF_PREFIX}{repo_id}@{commit}", _config_sha(config))
 
 

@@ -16,12 +16,18 @@ TOKEN = "hf_zooTESTtoken0123456789secret"
 ARCH = "timm:test_resnet"  # a stock timm model of 1.5 MB: publishing and loading stay fast
 
 
+_TRAINED: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
-    """A real checkpoint from the trainer (one epoch on the synthetic lesion set at 32 px)."""
+    """A real checkpoint from the trainer (one epoch on the synthetic lesion set at 32 px), trained once:
+    each test module imports this fixture, and pytest keeps one instance per importing module."""
     import medzoo
     import medzoo.registry
 
+    if _TRAINED:
+        return _TRAINED[0]
     home = tmp_path_factory.mktemp("trained_home")
     old = os.environ.get("MEDZOO_HOME")
     os.environ["MEDZOO_HOME"] = str(home)
@@ -34,6 +40,7 @@ def trained(tmp_path_factory) -> Path:
         else:
             os.environ["MEDZOO_HOME"] = old
         medzoo.registry.reset()
+    _TRAINED.append(result[-1].path)
     return result[-1].path
 
 
