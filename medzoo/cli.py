@@ -65,7 +65,7 @@ def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
 @click.argument("kind", type=click.Choice([*KINDS, "weights"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind, as_json):
-    """List registered archs, datasets, (freeze) policies, (weight) sources, or trained weights."""
+    """List registered archs, datasets, (freeze) policies, (weight) sources, or weights (local checkpoints + the catalogue)."""
     if kind == "weights":
         rows = weights_rows()
         if as_json:

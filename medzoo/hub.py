@@ -107,9 +107,10 @@ def publish(name: str, repo_id: str, *, private: bool = False, revision: str | N
     ckpt = store.get_local(name)
     metrics = check_publishable(ckpt, allow_no_metrics=allow_no_metrics)
     api = HfApi()  # token and endpoint from huggingface_hub's own configuration
+    # private=None (not False) when not asked: the Hub's default for the namespace then applies
     with tempfile.TemporaryDirectory(prefix="medzoo-publish-") as tmp:
         files = write_folder(ckpt, Path(tmp), repo_id=repo_id, metrics=metrics)
-        repo_url = _hub(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "creating", repo_id)
+        repo_url = _hub(lambda: api.create_repo(repo_id, private=private or None, exist_ok=True), "creating", repo_id)
         if revision and revision != "main":
             _hub(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), "creating a branch on", repo_id)
         info = _hub(lambda: api.upload_folder(

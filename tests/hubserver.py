@@ -204,7 +204,8 @@ def _handler(hub: HubServer):
                 with hub._lock:
                     if repo_id in hub.repos:
                         return self._json(409, {**url, "error": "You already created this model repo"})
-                    hub.create(repo_id, bool(req.get("private")))
+                    # huggingface_hub 2.x sends "visibility"; older clients sent "private"
+                    hub.create(repo_id, req.get("visibility") == "private" or bool(req.get("private")))
                 return self._json(200, url)
             m = api_repo.match(parts.path)
             if m is None:

@@ -100,6 +100,19 @@ def test_hub_errors_are_one_line(ckpt, hub):
         mzhub.publish(ckpt, "nope")
 
 
+def test_private_repo_needs_the_token(ckpt, hub, monkeypatch):
+    mzhub.publish(ckpt, "lab/private", private=True)
+    assert hub.repos["lab/private"].private
+    assert same_state(state_of(medzoo.load("hf-hub:lab/private", device="cpu")), _local_state(ckpt))
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(store.home() / "no_login" / "token"))
+    with pytest.raises(MedzooError, match="HTTP 401.*grants write access"):
+        mzhub.publish(ckpt, "lab/other")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(store.home() / "fresh_cache"))
+    with pytest.raises(MedzooError, match="no such repo .*private: set HF_TOKEN"):
+        medzoo.load("hf-hub:lab/private")
+
+
 def test_tampered_download_fails_the_hash_check(ckpt, hub):
     from huggingface_hub import constants
 
