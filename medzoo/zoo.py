@@ -91,6 +91,8 @@ def locate(name_or_path: str | os.PathLike, *, revision: str | None = None, weig
             found.expected_sha256 += (pinned,)
         return found
     path = Path(name).expanduser()
+    if revision and path.exists():
+        raise MedzooError(f"'{name}' is a local path, which has no revisions; drop revision=")
     if path.is_dir():
         return _from_dir(path, f"'{path}'")
     if path.is_file():

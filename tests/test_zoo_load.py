@@ -35,6 +35,9 @@ def test_load_directory_and_safetensors_file(ckpt, tmp_path):
     for target in (copy, copy / store.WEIGHTS, str(copy)):
         model = medzoo.load(target)
         assert same_state(state_of(model), _local_state(ckpt))
+    for target in (copy, ckpt):
+        with pytest.raises(MedzooError, match="has no revisions"):
+            medzoo.load(target, revision="main")
 
 
 def test_new_head_one_channel_and_features_only(ckpt):
