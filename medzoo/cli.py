@@ -65,7 +65,7 @@ def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
 @click.argument("kind", type=click.Choice([*KINDS, "weights"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind, as_json):
-    """List registered archs, datasets, (freeze) policies, (weight) sources, or trained weights."""
+    """List registered archs, datasets, (freeze) policies, (weight) sources, or weights (local checkpoints + the catalogue)."""
     if kind == "weights":
         rows = weights_rows()
         if as_json:
@@ -81,7 +81,8 @@ def list_cmd(kind, as_json):
 
 
 def weights_rows() -> list[dict]:
-    from . import store
+    """Local checkpoints, then catalogue entries not shadowed by a local one (``medzoo.load`` looks in that order)."""
+    from . import store, zoo
 
     rows = []
     for ckpt in store.list_local():
@@ -92,6 +93,13 @@ def weights_rows() -> list[dict]:
         rows.append({"name": ckpt.name, "arch": lin.get("arch"), "chain": " > ".join(chain),
                      "task": lin.get("task"), "best": f"{best.get('metric')} {best['value']:.4f}"
                      if isinstance(best.get("value"), float) else "-", "where": str(ckpt.path)})
+    local = {r["name"] for r in rows}
+    for name, entry in sorted(zoo.catalogue().items()):
+        if name not in local:
+            rev = entry.get("revision")
+            rows.append({"name": name, "arch": entry.get("arch"), "chain": entry.get("chain") or "?",
+                         "task": entry.get("task"), "best": entry.get("metric") or "-",
+                         "where": f"hf-hub:{entry['repo_id']}" + (f"@{rev}" if rev else "")})
     return rows
 
 
@@ -178,6 +186,53 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
                       num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad)
     run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--repo-id", required=True, metavar="ORG/NAME", help="The Hub repo to create (if missing) and commit to.")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--dry-run", is_flag=True, help="Write the folder that would be uploaded, list it, send nothing.")
+@click.option("--out", type=click.Path(file_okay=False), help="--dry-run folder (default $MEDZOO_HOME/publish/NAME).")
+@click.option("--revision", help="Branch to commit to (created from main if missing; default main).")
+@click.option("--commit-message", help="Default: 'medzoo: NAME'.")
+@click.option("--allow-no-metrics", is_flag=True, help="Publish a checkpoint that has no evaluation metrics.")
+def publish(name, repo_id, private, dry_run, out, revision, commit_message, allow_no_metrics):
+    """Publish checkpoint NAME to the Hugging Face Hub (timm layout + model card).
+
+    Uses huggingface_hub's configuration: HF_TOKEN or `hf auth login`, HF_ENDPOINT."""
+    from . import hub
+
+    if dry_run:
+        result = hub.dry_run(name, out, repo_id=repo_id, allow_no_metrics=allow_no_metrics)
+        click.echo(f"dry run: nothing uploaded; {repo_id} would receive {result.folder}:")
+        for f in result.files:
+            click.echo(f"  {f}  ({(result.folder / f).stat().st_size} bytes)")
+        return
+    result = hub.publish(name, repo_id, private=private, revision=revision, commit_message=commit_message,
+                         allow_no_metrics=allow_no_metrics)
+    click.echo(f"published {name} to {result.url}")
+    click.echo(f"commit {result.commit}  {result.commit_url}")
+    click.echo(f"load it: medzoo.load('hf-hub:{repo_id}@{result.commit}')  or  "
+               f"timm.create_model('hf-hub:{repo_id}', pretrained=True)")
+    click.echo("catalogue entry (for a MEDZOO_CATALOGUE file or medzoo/catalogue.json):")
+    click.echo(json.dumps({name: result.catalogue_entry}, indent=2))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--repo-id", metavar="ORG/NAME", help="Repo id to show in the usage examples.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the card here (default: print it).")
+def card(name, repo_id, out):
+    """Render the model card (README.md) of checkpoint NAME, to review it before publishing."""
+    from . import cards, store
+
+    text = cards.render(store.get_local(name), repo_id=repo_id)
+    if out:
+        store.atomic_write(out, text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 def _format_warning(message, category, *args, **kwargs):

@@ -1,4 +1,5 @@
-"""Weight sources for the first element of ``--stages``: imagenet, imagenet:<tag>, scratch, file:<path>."""
+"""Weight sources for the first element of ``--stages``: imagenet, imagenet:<tag>, scratch, file:<path>,
+hf-hub:<org/repo[@rev]>."""
 
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ def load_file(*, arch, arg=None) -> SourceWeights:
     return SourceWeights(sd, tag=f"file:{digest[:12]}", sha256=digest)
 
 
+def load_hf_hub(*, arch, arg=None) -> SourceWeights:
+    """Published medzoo weights (``medzoo publish``), verified against their recorded sha256."""
+    from medzoo import zoo
+
+    found = zoo.locate(f"{zoo.HF_PREFIX}{arg}")
+    theirs, ours = found.config.get("architecture"), stock_timm_name(arch)
+    if found.lineage.get("arch") != arch.name and (ours is None or theirs != ours):
+        raise MedzooError(f"'hf-hub:{arg}' holds a {found.lineage.get('arch') or theirs}, not a {arch.name}; "
+                          f"train {found.lineage.get('arch') or theirs} from it, or pick a {arch.name} repo")
+    state, digest = zoo.read_weights(found)
+    commit = found.origin.rpartition("@")[2]
+    return SourceWeights(state, tag=f"hf-hub:{arg.partition('@')[0]}@{commit}", sha256=digest,
+                         pretrained_cfg=dict(found.config.get("pretrained_cfg") or {}))
+
+
 @hookimpl
 def register_weight_sources(register):
     register(WeightSourceSpec(
@@ -49,3 +65,6 @@ def register_weight_sources(register):
     register(WeightSourceSpec("scratch", load_scratch, "random initialisation (no pretraining)"))
     register(WeightSourceSpec("file", load_file, "a local .safetensors file of weights for the architecture",
                               takes_arg=True, arg_help="path.safetensors"))
+    register(WeightSourceSpec("hf-hub", load_hf_hub, "medzoo weights published on the Hugging Face Hub "
+                              "(`medzoo publish`), pinned to a revision with @<commit>; sha256-verified",
+                              takes_arg=True, arg_help="org/repo[@revision]"))

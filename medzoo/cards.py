@@ -1,0 +1,199 @@
+"""Model cards: README.md for a published checkpoint, rendered from ``model_cards/<task>.md`` with
+huggingface_hub's ``ModelCard``/``ModelCardData`` (the YAML metadata block is theirs, never hand-made)."""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from typing import Any
+
+from . import store
+from .registry import MedzooError, registry
+
+TEMPLATES = {"classification": "classification.md", "multilabel": "classification.md"}
+PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
+                 "segmentation": "image-segmentation"}
+
+# Hugging Face license ids medzoo can name; anything else is published as "other" with its own name.
+HF_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc0-1.0", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+               "cc-by-sa-4.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+               "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nd-4.0", "odbl", "pddl", "unknown"}
+
+ARCH_CITATIONS = {
+    "resnet": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016.",
+    "swin": "Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021.",
+    "densenet": "Huang et al., Densely Connected Convolutional Networks, CVPR 2017.",
+    "efficientnet": "Tan and Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019.",
+    "mobilenetv3": "Howard et al., Searching for MobileNetV3, ICCV 2019.",
+    "mobilenetv2": "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018.",
+    "inception": "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016.",
+    "convnext": "Liu et al., A ConvNet for the 2020s, CVPR 2022.",
+}
+METHOD_CITATIONS = [
+    "Wightman, PyTorch Image Models (timm), https://github.com/huggingface/pytorch-image-models, 2019.",
+    "Ke et al., CheXtransfer: Performance and Parameter Efficiency of ImageNet Models for Chest X-Ray "
+    "Interpretation, ACM CHIL 2021.",
+    "Mei et al., RadImageNet: An Open Radiologic Deep Learning Research Dataset for Effective Transfer "
+    "Learning, Radiology: Artificial Intelligence 2022.",
+]
+
+
+def license_rank(text: str) -> int:
+    """How restrictive a license is: 0 public domain … 5 custom/research-only, 6 unknown."""
+    hf = hf_license(text)
+    if hf == "unknown":
+        return 6
+    if hf == "other":
+        return 5
+    if "-nc-" in hf + "-":
+        return 4 if ("-sa" in hf or "-nd" in hf) else 3
+    if "-sa" in hf or "-nd" in hf or hf == "odbl":
+        return 2
+    return 0 if hf in ("cc0-1.0", "pddl") else 1
+
+
+def hf_license(text: str | None) -> str:
+    """A dataset's license text ('CC BY-NC 4.0', 'CC0-1.0 (generated)') as a Hugging Face license id."""
+    t = re.sub(r"\(.*?\)", "", (text or "").lower()).strip()
+    if not t:
+        return "unknown"
+    t = re.sub(r"[\s_]+", "-", t.replace("cc by", "cc-by").replace("creative commons", "cc"))
+    t = re.sub(r"-+", "-", t).strip("-")
+    if t in ("apache", "apache2", "apache-2"):
+        t = "apache-2.0"
+    return t if t in HF_LICENSES else "other"
+
+
+def most_restrictive(licenses: list[str]) -> str:
+    """The most restrictive of the training data licenses (the weights inherit it); 'unknown' if none."""
+    return max(licenses, key=license_rank) if licenses else "unknown"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+NOT_METRICS = {"loss", "best_epoch", "epoch"}  # bookkeeping in metrics.json, not evaluation results
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k not in NOT_METRICS and isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def base_model(lineage: dict[str, Any]) -> str | None:
+    """The Hub id of the chain's starting weights, when they have one."""
+    source = lineage.get("source") or {}
+    name, tag = source.get("name", ""), source.get("tag", "")
+    if name.startswith("imagenet") and lineage.get("timm_name"):
+        upstream = tag.partition(":")[2]
+        return f"timm/{lineage['timm_name']}" + (f".{upstream}" if upstream and upstream != "default" else "")
+    if name.startswith("hf-hub:"):
+        return name[len("hf-hub:"):].partition("@")[0]
+    return None
+
+
+def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any]):
+    """The card's metadata (license, tags, datasets, base model, model-index results)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    lin = ckpt.lineage
+    stages = lin.get("stages") or []
+    task = lin.get("task") or "classification"
+    pipeline = PIPELINE_TAGS.get(task, "image-classification")
+    licence = most_restrictive([s.get("license") or "" for s in stages])
+    hf = hf_license(licence)
+    modalities = sorted({s.get("modality") for s in stages if s.get("modality")})
+    last = stages[-1]["dataset"] if stages else "unknown"
+    results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split="validation",
+                          metric_type=k, metric_name=f"validation {k}", metric_value=round(v, 6))
+               for k, v in finite_metrics(metrics).items()]
+    extra = {"license_name": re.sub(r"[^a-z0-9]+", "-", licence.lower()).strip("-") or "custom"} if hf == "other" else {}
+    return ModelCardData(
+        license=hf, library_name="timm", pipeline_tag=pipeline, model_name=ckpt.name,
+        tags=["medical-imaging", "transfer-learning", "medzoo", "timm", pipeline, *modalities],
+        datasets=list(dict.fromkeys(s["dataset"] for s in stages)) or None, base_model=base_model(lin),
+        eval_results=results or None, **extra)
+
+
+def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> str:
+    """README.md for a checkpoint (what `medzoo card` prints and `medzoo publish` uploads)."""
+    from huggingface_hub import ModelCard
+
+    lin, config = ckpt.lineage, ckpt.config
+    task = lin.get("task") or "classification"
+    if task not in TEMPLATES:
+        raise MedzooError(f"no model card template for {task} checkpoints yet (model_cards/ has "
+                          f"{', '.join(sorted(set(TEMPLATES.values())))}); see docs/zoo.md")
+    metrics = metrics if metrics is not None else evaluation_metrics(ckpt)
+    data = card_data(ckpt, metrics)
+    stages = lin.get("stages") or []
+    rows = []
+    for s in stages:
+        best = s.get("best") or {}
+        rows.append({**s, "n_train": s.get("n_train", "?"),
+                     "best_text": f"{best.get('metric')} {_fmt(best['value'])} (epoch {best.get('epoch')})"
+                     if isinstance(best.get("value"), (int, float)) else "–",
+                     "classes_text": ", ".join(s.get("classes") or []) or "–"})
+    source = lin.get("source") or {}
+    pcfg = config.get("pretrained_cfg") or {}
+    licence = most_restrictive([s.get("license") or "" for s in stages])
+    timm_name = lin.get("timm_name")
+    template = resources.files("medzoo_model_cards").joinpath(TEMPLATES[task]).read_text()
+    card = ModelCard.from_template(
+        data, template_str=template, name=ckpt.name, repo_id=repo_id or f"<org>/{ckpt.name}",
+        arch=lin.get("arch", "?"), timm_name_text=f"timm `{timm_name}`" if timm_name else "not a stock timm model",
+        chain=" → ".join([source.get("name", "?")] + [s["dataset"] for s in stages]),
+        task_sentence=f"Task of the final stage: {task}.", source_text=f"{source.get('name', '?')} "
+        f"(`{source.get('tag', '?')}`)", stages=rows, weights_sha256=lin.get("weights_sha256", "?"),
+        license_text=licence or "unknown", source_license_note=_source_note(source),
+        last_dataset=stages[-1]["dataset"] if stages else "?", best_epoch=metrics.get("best_epoch", "?"),
+        eval_rows=[{"name": k, "value": _fmt(v)} for k, v in finite_metrics(metrics).items()],
+        in_chans=lin.get("in_chans", 3), image_size=lin.get("image_size", "?"), mean=pcfg.get("mean"),
+        std=pcfg.get("std"), label_names=config.get("label_names") or [], citations=_citations(lin, stages))
+    return str(card)
+
+
+def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
+    """metrics.json of the checkpoint, else the last stage's validation metrics in the lineage."""
+    import json
+
+    path = ckpt.path / "metrics.json"
+    if path.is_file():
+        try:
+            metrics = json.loads(path.read_text())
+        except ValueError as exc:
+            raise MedzooError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+        if isinstance(metrics, dict) and finite_metrics(metrics):
+            return metrics
+    stages = ckpt.lineage.get("stages") or []
+    last = stages[-1] if stages else {}
+    val = dict(last.get("val_metrics") or {})
+    if val and (last.get("best") or {}).get("epoch") is not None:
+        val["best_epoch"] = last["best"]["epoch"]
+    return val
+
+
+def _source_note(source: dict[str, Any]) -> str:
+    name = source.get("name", "")
+    if name.startswith("imagenet"):
+        return ("The chain started from timm's ImageNet weights; ImageNet's terms of access restrict "
+                "commercial use, so check them before any commercial use of these weights.")
+    if name.startswith("hf-hub:"):
+        return f"The chain started from {name}; its license applies too."
+    return ""
+
+
+def _citations(lin: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    timm_name = (lin.get("timm_name") or lin.get("arch") or "").lower()
+    out = [c for key, c in ARCH_CITATIONS.items() if key in timm_name][:1]
+    for s in stages:
+        spec = registry().entries["datasets"].get(s["dataset"].partition(":")[0])
+        if spec is not None and spec.docs:
+            out.append(f"{s['dataset']}: {spec.description or s['dataset']} — cite as described in {spec.docs}")
+        elif spec is not None and "generated" in (spec.license or ""):
+            out.append(f"{s['dataset']}: synthetic data generated by medzoo (nothing to cite).")
+        else:
+            out.append(f"{s['dataset']}: cite the dataset as its authors ask (see its documentation).")
+    return out + METHOD_CITATIONS

@@ -1,0 +1,292 @@
+"""Loading medzoo weights in one line: ``medzoo.load(name)`` and ``medzoo.transforms_for(model)``.
+
+A name resolves, in order, to a checkpoint in the local store, an entry of the catalogue of published
+medzoo weights, ``hf-hub:ORG/REPO[@rev]``, or a local directory / ``.safetensors`` file laid out like a
+timm Hub repo (``model.safetensors`` + ``config.json`` with medzoo's lineage under ``"medzoo"``).
+Weights are only ever read from safetensors, and only after their sha256 matched the one recorded
+in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import data as mzdata, models, store
+from .registry import MedzooError, did_you_mean, registry
+
+HF_PREFIX = "hf-hub:"
+PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+
+
+@dataclass
+class Located:
+    """Where a model's files are once found (downloaded if it lives on the Hub)."""
+
+    config: dict[str, Any]
+    weights: Path | None  # None when only the config was fetched (pretrained=False)
+    origin: str  # how to name it in messages and in ``model.medzoo_origin``
+    expected_sha256: tuple[str, ...] = ()  # hashes the weights must have (config and catalogue)
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        return self.config.get("medzoo") or {}
+
+
+# -- the catalogue ------------------------------------------------------------------------------
+
+def catalogue() -> dict[str, dict[str, Any]]:
+    """Published medzoo weights: the packaged ``catalogue.json``, then files named by ``MEDZOO_CATALOGUE``
+    (``os.pathsep``-separated; later files add or replace entries, e.g. a lab's own list)."""
+    text = resources.files("medzoo").joinpath("catalogue.json").read_text()
+    entries = _parse_catalogue(text, "medzoo/catalogue.json")
+    for path in filter(None, os.environ.get("MEDZOO_CATALOGUE", "").split(os.pathsep)):
+        try:
+            text = Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise MedzooError(f"cannot read the catalogue '{path}' named by MEDZOO_CATALOGUE ({exc.strerror}); "
+                              "fix or unset MEDZOO_CATALOGUE") from None
+        entries.update(_parse_catalogue(text, path))
+    return entries
+
+
+def _parse_catalogue(text: str, where: str) -> dict[str, dict[str, Any]]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise MedzooError(f"catalogue '{where}' is not valid JSON ({exc}); fix the file") from None
+    models_ = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models_, dict):
+        raise MedzooError(f"catalogue '{where}' has no \"models\" object; see docs/zoo.md for its format")
+    for name, entry in models_.items():
+        if not isinstance(entry, dict) or "/" not in str(entry.get("repo_id", "")):
+            raise MedzooError(f"catalogue '{where}': entry '{name}' needs \"repo_id\": \"ORG/REPO\"; fix the file")
+    return dict(models_)
+
+
+# -- finding the files --------------------------------------------------------------------------
+
+def locate(name_or_path: str | os.PathLike, *, revision: str | None = None, weights: bool = True) -> Located:
+    """Find a model's config (and weights, unless ``weights=False``) without loading anything."""
+    name = os.fspath(name_or_path)
+    if not name.strip():
+        raise MedzooError("empty model name; `medzoo list weights` shows what can be loaded")
+    if name.startswith(HF_PREFIX):
+        repo, _, rev = name[len(HF_PREFIX):].partition("@")
+        return from_hub(repo, revision or rev or None, weights=weights)
+    local = store.find_local(name)
+    if local is not None:
+        if revision:
+            raise MedzooError(f"'{name}' is a local checkpoint, which has no revisions; drop revision=")
+        return _from_dir(local.path, f"local checkpoint '{name}'")
+    entry = catalogue().get(name)
+    if entry is not None:
+        found = from_hub(entry["repo_id"], revision or entry.get("revision"), weights=weights)
+        pinned = entry.get("weights_sha256")
+        if pinned and not revision:  # the catalogue's hash ships with medzoo, independent of the repo
+            found.expected_sha256 += (pinned,)
+        return found
+    path = Path(name).expanduser()
+    if revision and path.exists():
+        raise MedzooError(f"'{name}' is a local path, which has no revisions; drop revision=")
+    if path.is_dir():
+        return _from_dir(path, f"'{path}'")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            models.load_safetensors(path)  # refuses pickles with the explanation; else falls through
+        return _from_dir(path.parent, f"'{path}'", weights_file=path)
+    names = [c.name for c in store.list_local()] + list(catalogue())
+    raise MedzooError(f"no model '{name}' in the local store, the catalogue, or on disk{did_you_mean(name, names)}; "
+                      "`medzoo list weights` shows what can be loaded (or write hf-hub:ORG/REPO)")
+
+
+def _from_dir(path: Path, origin: str, weights_file: Path | None = None) -> Located:
+    config_path = path / store.CONFIG
+    weights = weights_file or path / store.WEIGHTS
+    if not weights.is_file():
+        pickles = [n for n in PICKLE_NAMES if (path / n).is_file()]
+        if pickles:
+            raise MedzooError(f"{origin} holds only pickled weights ({pickles[0]}), which medzoo never loads "
+                              "(unpickling can run code); convert them to model.safetensors in a trusted session")
+        raise MedzooError(f"{origin} has no {store.WEIGHTS}; point at a medzoo checkpoint directory or file")
+    if not config_path.is_file():
+        raise MedzooError(f"{origin} has no {store.CONFIG} beside the weights, so its architecture is unknown; "
+                          "keep the config.json that came with it")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MedzooError(f"{config_path} is not readable JSON ({exc}); re-download or re-export it") from None
+    return Located(config, weights, origin, _config_sha(config))
+
+
+def _config_sha(config: dict[str, Any]) -> tuple[str, ...]:
+    sha = (config.get("medzoo") or {}).get("weights_sha256")
+    return (sha,) if sha else ()
+
+
+def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True) -> Located:
+    """Fetch ``config.json`` (and ``model.safetensors``) of a Hub repo through the Hugging Face cache.
+
+    huggingface_hub's own configuration applies: ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_CACHE``,
+    ``HF_HUB_OFFLINE=1`` (then only the cache is read).
+    """
+    from huggingface_hub import hf_hub_download
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise MedzooError(f"'{HF_PREFIX}{repo_id}' is not a Hub repo id; write it as hf-hub:ORG/REPO[@revision]")
+    where = f"{HF_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
+    config_path = _hub_call(lambda: hf_hub_download(repo_id, store.CONFIG, revision=revision), where, store.CONFIG)
+    commit = Path(config_path).parent.name  # the cache names snapshot folders by commit hash
+    try:
+        config = json.loads(Path(config_path).read_text())
+    except ValueError as exc:
+        raise MedzooError(f"{where}: config.json is not valid JSON ({exc}); fix the repo") from None
+    if "medzoo" not in config:
+        raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage); "
+                          f"load it with timm.create_model('{HF_PREFIX}{repo_id}', pretrained=True)")
+    weights_path = None
+    if weights:
+        weights_path = Path(_hub_call(lambda: hf_hub_download(repo_id, store.WEIGHTS, revision=revision),
+                                      where, store.WEIGHTS))
+    return Located(config, weights_path, f"{HF_PREFIX}{repo_id}@{commit}", _config_sha(config))
+
+
+def _hub_call(fn, where: str, filename: str):
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        return fn()
+    except RepositoryNotFoundError:
+        raise MedzooError(f"{where}: no such repo (or it is private: set HF_TOKEN or run `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise MedzooError(f"{where}: no such revision; use a branch, tag or commit hash the repo has") from None
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: catch it first
+        raise MedzooError(f"{where}: {filename} is not in the Hugging Face cache and the Hub cannot be reached "
+                          "(offline?); load it once online, or unset HF_HUB_OFFLINE") from None
+    except EntryNotFoundError:
+        hint = (" (medzoo loads only safetensors; a repo with pytorch_model.bin holds pickled weights)"
+                if filename == store.WEIGHTS else "")
+        raise MedzooError(f"{where} has no {filename}{hint}; publish it with `medzoo publish`") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise MedzooError(f"{where}: download of {filename} failed ({_first_line(exc)}); retry, or check "
+                          "HF_ENDPOINT and your connection") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+# -- verified weights ---------------------------------------------------------------------------
+
+def read_weights(found: Located) -> tuple[dict[str, Any], str]:
+    """The weights' tensors and sha256, after checking it against every hash the metadata names."""
+    if found.weights is None:
+        raise MedzooError(f"{found.origin}: weights were not fetched")
+    sha = models.sha256_file(found.weights)
+    if not found.expected_sha256:
+        raise MedzooError(f"{found.origin} records no weights_sha256 in config.json['medzoo'], so its weights "
+                          "cannot be verified; re-export it with medzoo")
+    for expected in found.expected_sha256:
+        if sha != expected:
+            raise MedzooError(f"weights of {found.origin} ({found.weights}) have sha256 {sha[:12]}…, not the "
+                              f"{expected[:12]}… its metadata records (corrupted or tampered); delete and re-download them")
+    return models.load_safetensors(found.weights), sha
+
+
+# -- building -----------------------------------------------------------------------------------
+
+def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_chans: int | None = None,
+         features_only: bool = False, pretrained: bool = True, device: Any = None, revision: str | None = None):
+    """A medzoo model in eval mode, with ``pretrained_cfg`` and ``medzoo_lineage`` attributes.
+
+    ``num_classes`` other than the stored one gives a new (randomly initialised) head; ``in_chans`` other
+    than the stored one adapts the first convolution (1 channel = the sum over RGB, as timm does);
+    ``features_only`` returns timm's feature extractor; ``pretrained=False`` only builds the architecture.
+    """
+    found = locate(name_or_path, revision=revision, weights=pretrained)
+    lin, config = found.lineage, found.config
+    if "arch" not in lin:
+        raise MedzooError(f"{found.origin} has no medzoo lineage (config.json['medzoo']['arch']); "
+                          "load it with timm.create_model, or re-export it with medzoo")
+    stored_classes = int(config.get("num_classes") or len(config.get("label_names") or []))
+    stored_chans = int(lin.get("in_chans") or (config.get("model_args") or {}).get("in_chans") or 3)
+    classes = stored_classes if num_classes is None else int(num_classes)
+    chans = stored_chans if in_chans is None else int(in_chans)
+    if classes < 0 or chans < 1:
+        raise MedzooError(f"num_classes={num_classes}, in_chans={in_chans}: use num_classes >= 0 and in_chans >= 1")
+    state, sha = read_weights(found) if pretrained else (None, None)
+    if features_only:
+        model = _features_model(found, state, chans)
+    else:
+        ref = registry().resolve("archs", lin["arch"])
+        model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.get("image_size"))
+        if state is not None:
+            if classes == stored_classes and chans == stored_chans:
+                model.load_state_dict(state, strict=True)
+            else:
+                models.transfer_weights(model, state, keep_head=classes == stored_classes, origin=found.origin)
+    pcfg = dict(config.get("pretrained_cfg") or {})
+    size = lin.get("image_size") or (pcfg.get("input_size") or [3, 224, 224])[-1]
+    pcfg.update(input_size=[chans, size, size], num_classes=0 if features_only else classes)
+    if sha:
+        pcfg["weights_sha256"] = sha
+    model.pretrained_cfg = pcfg
+    model.medzoo_lineage = lin
+    model.medzoo_origin = found.origin
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def _features_model(found: Located, state: dict[str, Any] | None, chans: int):
+    """timm's own feature extractor, so the output format (e.g. Swin's NHWC) is what timm users expect."""
+    import timm
+
+    lin, config = found.lineage, found.config
+    ref = registry().resolve("archs", lin["arch"])
+    timm_name = models.stock_timm_name(ref)
+    if timm_name is None or ref.options:
+        raise MedzooError(f"features_only needs a stock timm architecture, and {found.origin} is a "
+                          f"'{lin['arch']}'; load the full model and take its layers instead")
+    kwargs = {k: v for k, v in (config.get("model_args") or {}).items() if k != "in_chans"}
+    if state is None:
+        return timm.create_model(timm_name, features_only=True, pretrained=False, in_chans=chans, **kwargs)
+    # timm reads the file itself (safetensors) after read_weights verified its hash; it adapts the first conv
+    overlay = dict(config.get("pretrained_cfg") or {}, file=str(found.weights))
+    overlay.pop("hf_hub_id", None)
+    return timm.create_model(timm_name, features_only=True, pretrained=True, in_chans=chans,
+                             pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def transforms_for(model, *, train: bool = False):
+    """The preprocessing a medzoo model was trained with: the trainer's own transform (a square resize to
+    the training size, then normalisation), not timm's resize-and-center-crop, which crops non-square
+    images that the trainer never cropped.
+
+    The returned callable takes a PIL image, a numpy array (H×W or H×W×C; uint8, uint16 or float in
+    [0, 1]) or a C×H×W float tensor in [0, 1], and returns a normalised C×H×W tensor.
+    """
+    import numpy as np
+    import torch
+
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" not in pcfg:
+        raise MedzooError("this model has no pretrained_cfg['input_size']; pass a model from medzoo.load")
+    chans, size = int(pcfg["input_size"][0]), int(pcfg["input_size"][-1])
+    cfg = mzdata.TransformConfig(image_size=size, augment="light" if train else "none",
+                                 mean=tuple(pcfg.get("mean", (0.485, 0.456, 0.406))),
+                                 std=tuple(pcfg.get("std", (0.229, 0.224, 0.225))), in_chans=chans)
+    transform = mzdata.build_transform(cfg, train)
+
+    def apply(image):
+        if isinstance(image, torch.Tensor):  # C×H×W, the layout to_tensor produces: back to H×W×C for it
+            image = image.detach().cpu().float().permute(1, 2, 0).numpy()
+        return transform(mzdata.to_tensor(image if isinstance(image, np.ndarray) else np.array(image), chans))
+
+    return apply

@@ -1,0 +1,48 @@
+"""Model card metadata rules, and the package data that `medzoo card` and `medzoo.load` need in a wheel."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from huggingface_hub import ModelCard
+
+from medzoo import cards, store
+from zoofixtures import ckpt, rewrite_config, trained  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_license_is_the_most_restrictive_and_a_hub_id():
+    assert cards.hf_license("CC BY-NC 4.0") == "cc-by-nc-4.0"
+    assert cards.hf_license("CC0-1.0 (generated)") == "cc0-1.0"
+    assert cards.hf_license("research use only") == "other" and cards.hf_license("") == "unknown"
+    assert cards.most_restrictive(["CC0-1.0 (generated)", "CC BY-NC 4.0", "CC BY 4.0"]) == "CC BY-NC 4.0"
+    assert cards.most_restrictive(["CC BY-NC 4.0", "CC BY-NC-SA 4.0"]) == "CC BY-NC-SA 4.0"
+    assert cards.most_restrictive(["CC BY 4.0", "research use only"]) == "research use only"
+    assert cards.most_restrictive(["CC BY 4.0", ""]) == ""  # an unknown license makes the whole unknown
+
+
+def test_card_reflects_the_lineage(ckpt):
+    def two_stages(config):
+        lin = config["medzoo"]
+        first = dict(lin["stages"][0], dataset="chest_public", license="CC BY 4.0", modality="XR")
+        lin["stages"][-1].update(license="CC BY-NC 4.0", modality="MG")
+        lin["stages"].insert(0, first)
+        lin["source"] = {"name": "imagenet", "tag": "imagenet:a1_in1k", "sha256": "x"}
+
+    rewrite_config(ckpt, two_stages)
+    card = ModelCard(cards.render(store.get_local(ckpt), repo_id="lab/x"))
+    meta = card.data.to_dict()
+    assert meta["license"] == "cc-by-nc-4.0" and meta["base_model"] == "timm/test_resnet.a1_in1k"
+    assert meta["datasets"] == ["chest_public", "phantom_lesion"] and {"XR", "MG"} <= set(meta["tags"])
+    assert "| 1 | chest_public" in card.text and "| 2 | phantom_lesion" in card.text
+    assert "**CC BY-NC 4.0**" in card.text and "ImageNet" in card.text
+
+
+def test_wheel_ships_the_templates_and_the_catalogue(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = zipfile.ZipFile(next(tmp_path.glob("medzoo-*.whl"))).namelist()
+    assert "medzoo/catalogue.json" in names and "medzoo_model_cards/classification.md" in names
