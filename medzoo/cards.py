@@ -15,11 +15,6 @@ TEMPLATES = {"classification": "classification.md", "multilabel": "classificatio
 PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
                  "segmentation": "image-segmentation"}
 
-# Hugging Face license ids medzoo can name; anything else is published as "other" with its own name.
-HF_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc0-1.0", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
-               "cc-by-sa-4.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
-               "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nd-4.0", "odbl", "pddl", "unknown"}
-
 ARCH_CITATIONS = {
     "resnet": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016.",
     "swin": "Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021.",
@@ -37,37 +32,6 @@ METHOD_CITATIONS = [
     "Mei et al., RadImageNet: An Open Radiologic Deep Learning Research Dataset for Effective Transfer "
     "Learning, Radiology: Artificial Intelligence 2022.",
 ]
-
-
-def license_rank(text: str) -> int:
-    """How restrictive a license is: 0 public domain … 5 custom/research-only, 6 unknown."""
-    hf = hf_license(text)
-    if hf == "unknown":
-        return 6
-    if hf == "other":
-        return 5
-    if "-nc-" in hf + "-":
-        return 4 if ("-sa" in hf or "-nd" in hf) else 3
-    if "-sa" in hf or "-nd" in hf or hf == "odbl":
-        return 2
-    return 0 if hf in ("cc0-1.0", "pddl") else 1
-
-
-def hf_license(text: str | None) -> str:
-    """A dataset's license text ('CC BY-NC 4.0', 'CC0-1.0 (generated)') as a Hugging Face license id."""
-    t = re.sub(r"\(.*?\)", "", (text or "").lower()).strip()
-    if not t:
-        return "unknown"
-    t = re.sub(r"[\s_]+", "-", t.replace("cc by", "cc-by").replace("creative commons", "cc"))
-    t = re.sub(r"-+", "-", t).strip("-")
-    if t in ("apache", "apache2", "apache-2"):
-        t = "apache-2.0"
-    return t if t in HF_LICENSES else "other"
-
-
-def most_restrictive(licenses: list[str]) -> str:
-    """The most restrictive of the training data licenses (the weights inherit it); 'unknown' if none."""
-    return max(licenses, key=license_rank) if licenses else "unknown"
 
 
 def _fmt(value: Any) -> str:
@@ -102,8 +66,8 @@ def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any]):
     stages = lin.get("stages") or []
     task = lin.get("task") or "classification"
     pipeline = PIPELINE_TAGS.get(task, "image-classification")
-    licence = most_restrictive([s.get("license") or "" for s in stages])
-    hf = hf_license(licence)
+    licence = store.most_restrictive([s.get("license") or "" for s in stages])
+    hf = store.hf_license(licence)
     modalities = sorted({s.get("modality") for s in stages if s.get("modality")})
     last = stages[-1]["dataset"] if stages else "unknown"
     results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split="validation",
@@ -138,7 +102,7 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
                      "classes_text": ", ".join(s.get("classes") or []) or "–"})
     source = lin.get("source") or {}
     pcfg = config.get("pretrained_cfg") or {}
-    licence = most_restrictive([s.get("license") or "" for s in stages])
+    licence = store.most_restrictive([s.get("license") or "" for s in stages])
     timm_name = lin.get("timm_name")
     template = resources.files("medzoo_model_cards").joinpath(TEMPLATES[task]).read_text()
     card = ModelCard.from_template(

@@ -221,9 +221,45 @@ def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
 
 
 def _license(lineage: dict) -> str:
-    licenses = [s.get("license") for s in lineage.get("stages", []) if s.get("license")]
-    restrictive = [l for l in licenses if "NC" in l.upper() or "research" in l.lower()]
-    return (restrictive or licenses or ["unknown"])[-1]
+    return most_restrictive([s["license"] for s in lineage.get("stages", []) if s.get("license")])
+
+
+# Weights inherit the licenses of the data they were trained on; config.json and the card name the same one.
+# Hugging Face license ids medzoo can name; anything else is published as "other" with its own name.
+HF_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc0-1.0", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+               "cc-by-sa-4.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+               "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nd-4.0", "odbl", "pddl", "unknown"}
+
+
+def license_rank(text: str) -> int:
+    """How restrictive a license is: 0 public domain … 5 custom/research-only, 6 unknown."""
+    hf = hf_license(text)
+    if hf == "unknown":
+        return 6
+    if hf == "other":
+        return 5
+    if "-nc-" in hf + "-":
+        return 4 if ("-sa" in hf or "-nd" in hf) else 3
+    if "-sa" in hf or "-nd" in hf or hf == "odbl":
+        return 2
+    return 0 if hf in ("cc0-1.0", "pddl") else 1
+
+
+def hf_license(text: str | None) -> str:
+    """A dataset's license text ('CC BY-NC 4.0', 'CC0-1.0 (generated)') as a Hugging Face license id."""
+    t = re.sub(r"\(.*?\)", "", (text or "").lower()).strip()
+    if not t:
+        return "unknown"
+    t = re.sub(r"[\s_]+", "-", t.replace("cc by", "cc-by").replace("creative commons", "cc"))
+    t = re.sub(r"-+", "-", t).strip("-")
+    if t in ("apache", "apache2", "apache-2"):
+        t = "apache-2.0"
+    return t if t in HF_LICENSES else "other"
+
+
+def most_restrictive(licenses: list[str]) -> str:
+    """The most restrictive of the training data licenses (the weights inherit it); 'unknown' if none."""
+    return max(licenses, key=license_rank) if licenses else "unknown"
 
 
 # -- reading the store --------------------------------------------------------------------------

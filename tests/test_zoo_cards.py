@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_license_is_the_most_restrictive_and_a_hub_id():
-    assert cards.hf_license("CC BY-NC 4.0") == "cc-by-nc-4.0"
-    assert cards.hf_license("CC0-1.0 (generated)") == "cc0-1.0"
-    assert cards.hf_license("research use only") == "other" and cards.hf_license("") == "unknown"
-    assert cards.most_restrictive(["CC0-1.0 (generated)", "CC BY-NC 4.0", "CC BY 4.0"]) == "CC BY-NC 4.0"
-    assert cards.most_restrictive(["CC BY-NC 4.0", "CC BY-NC-SA 4.0"]) == "CC BY-NC-SA 4.0"
-    assert cards.most_restrictive(["CC BY 4.0", "research use only"]) == "research use only"
-    assert cards.most_restrictive(["CC BY 4.0", ""]) == ""  # an unknown license makes the whole unknown
+    assert store.hf_license("CC BY-NC 4.0") == "cc-by-nc-4.0"
+    assert store.hf_license("CC0-1.0 (generated)") == "cc0-1.0"
+    assert store.hf_license("research use only") == "other" and store.hf_license("") == "unknown"
+    assert store.most_restrictive(["CC0-1.0 (generated)", "CC BY-NC 4.0", "CC BY 4.0"]) == "CC BY-NC 4.0"
+    assert store.most_restrictive(["CC BY-NC 4.0", "CC BY-NC-SA 4.0"]) == "CC BY-NC-SA 4.0"
+    assert store.most_restrictive(["CC BY 4.0", "research use only"]) == "research use only"
+    assert store.most_restrictive(["CC BY 4.0", ""]) == ""  # an unknown license makes the whole unknown
 
 
 def test_card_reflects_the_lineage(ckpt):
