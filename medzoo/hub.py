@@ -72,7 +72,7 @@ def catalogue_entry(ckpt: store.Checkpoint, repo_id: str, commit: str | None, me
     return {"repo_id": repo_id, "revision": commit or "main", "weights_sha256": lin.get("weights_sha256"),
             "arch": lin.get("arch"), "chain": " > ".join(chain), "task": lin.get("task"),
             "metric": f"{best.get('metric')} {best['value']:.4f}" if isinstance(best.get("value"), float) else None,
-            "license": cards.most_restrictive([s.get("license") or "" for s in stages])}
+            "license": store.most_restrictive([s.get("license") or "" for s in stages])}
 
 
 def dry_run(name: str, out: str | Path | None = None, *, repo_id: str | None = None,
