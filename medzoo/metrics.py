@@ -52,3 +52,38 @@ def plot_history(history: list[dict], path: Path, title: str, metric: str) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int | None = None) -> torch.Tensor:
+    """Pixel confusion matrix (rows: truth, columns: prediction) of a batch of segmentation logits."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    return multiclass_confusion_matrix(logits.argmax(1), target, num_classes, ignore_index=ignore_index,
+                                       validate_args=False)
+
+
+def segmentation_metrics(confmat: torch.Tensor, classes: list[str], ignore_index: int | None = None) -> dict[str, float]:
+    """Dice and IoU per class and their means, from a summed pixel confusion matrix.
+
+    The means leave out the ignored code and a class named 'background' (it would flatter every model),
+    and classes absent from both truth and prediction (their Dice is undefined, not perfect).
+    """
+    cm = confmat.double()
+    tp = cm.diag()
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    dice = 2 * tp / (2 * tp + fp + fn)
+    iou = tp / (tp + fp + fn)
+    out: dict[str, float] = {}
+    counted = []
+    for c, name in enumerate(classes):
+        if c == ignore_index:
+            continue
+        out[f"dice_{name}"], out[f"iou_{name}"] = float(dice[c]), float(iou[c])
+        if name != "background" and (tp[c] + fp[c] + fn[c]) > 0:
+            counted.append(c)
+    idx = torch.tensor(counted, dtype=torch.long)
+    out["dice"] = float(dice[idx].mean()) if counted else float("nan")
+    out["iou"] = float(iou[idx].mean()) if counted else float("nan")
+    out["pixel_accuracy"] = float(tp.sum() / cm.sum()) if cm.sum() > 0 else float("nan")
+    return out
