@@ -87,3 +87,59 @@ def segmentation_metrics(confmat: torch.Tensor, classes: list[str], ignore_index
     out["iou"] = float(iou[idx].mean()) if counted else float("nan")
     out["pixel_accuracy"] = float(tp.sum() / cm.sum()) if cm.sum() > 0 else float("nan")
     return out
+
+
+class DiceCELoss(torch.nn.Module):
+    """Cross-entropy + Dice (MONAI's MaskedDiceLoss), both blind to the ignore code (e.g. BCSS's 'outside ROI').
+
+    MONAI's DiceCELoss has no ignore index, hence the pair. A class named 'background' at index 0 (or an
+    ignored code 0) stays out of the Dice term, as is usual.
+    """
+
+    def __init__(self, ignore_index: int | None = None, background: bool = False):
+        from monai.losses import DiceLoss, MaskedDiceLoss
+
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.ce = torch.nn.CrossEntropyLoss(ignore_index=-100 if ignore_index is None else ignore_index)
+        dice = DiceLoss if ignore_index is None else MaskedDiceLoss
+        self.dice = dice(include_background=not (background or ignore_index == 0), to_onehot_y=True, softmax=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.ignore_index is None:
+            return self.ce(logits, target) + self.dice(logits, target[:, None])
+        valid = target != self.ignore_index
+        safe = torch.where(valid, target, torch.zeros_like(target))  # any real class: masked out below
+        return self.ce(logits, target) + self.dice(logits, safe[:, None], mask=valid[:, None].float())
+
+
+def plot_segmentation(images, truths, preds, classes, ignore_index, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20", max(2, len(classes)))
+    fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.5 * len(images)), squeeze=False)
+    for row, (img, truth, pred) in enumerate(zip(images, truths, preds)):
+        x = img.float()
+        x = ((x - x.min()) / (x.max() - x.min() + 1e-8)).permute(1, 2, 0).numpy()
+        x = x[..., 0] if x.shape[-1] == 1 else x
+        for col, (mask, label) in enumerate(((None, "image"), (truth, "truth"), (pred, "prediction"))):
+            ax = axes[row][col]
+            ax.imshow(x, cmap="gray")
+            if mask is not None:
+                m = mask.numpy().astype(float)
+                hide = (m == ignore_index) if ignore_index is not None else np.zeros(m.shape, bool)
+                if classes and classes[0] == "background":
+                    hide |= m == 0
+                ax.imshow(np.ma.masked_where(hide, m), cmap=cmap, vmin=0, vmax=len(classes) - 1, alpha=0.5,
+                          interpolation="nearest")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -75,6 +75,9 @@ def block_groups(model) -> list[list[str]]:
     ``top:2`` means the same thing for a ResNet and a Swin; other models group by top-level child.
     """
     names = [n for n, _ in model.named_parameters()]
+    prefixes = getattr(model, "medzoo_group_prefixes", None)  # segmentation models: encoder, decoder, head
+    if prefixes:
+        return [g for g in ([n for n in names if n.startswith(p)] for p in prefixes) if g]
     if hasattr(model, "group_matcher"):
         from timm.models import group_parameters
 
@@ -107,10 +110,12 @@ class Transfer:
     total: int
     head: str  # 'loaded' | 're-initialised'
     adapted: list[str] = field(default_factory=list)
+    note: str = ""
 
     def __str__(self) -> str:
         extra = f"; input conv adapted ({', '.join(self.adapted)})" if self.adapted else ""
-        return f"loaded {self.matched}/{self.total} tensors (head {self.head}{extra})"
+        note = f"; {self.note}" if self.note else ""
+        return f"loaded {self.matched}/{self.total} tensors (head {self.head}{extra}{note})"
 
 
 def transfer_weights(model, parent: dict[str, Any], *, keep_head: bool, origin: str) -> Transfer:

@@ -45,6 +45,10 @@ class ArchSpec:
     arg_help: str = ""
     arg_required: bool = True
     options: Mapping[str, str] = field(default_factory=dict)  # ``@key=value`` options -> what they do
+    # segmentation archs: the classification arch that classification stages of the chain train, and
+    # ``load_parent(model, state, keep_head=, origin=) -> medzoo.models.Transfer`` mapping its weights in
+    classifier: str | None = None
+    load_parent: Callable[..., Any] | None = None
     plugin: str = ""
 
 

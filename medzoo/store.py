@@ -59,6 +59,12 @@ def source_suffix(source_name: str, source_tag: str) -> str:
     return "." + slug(source_name.replace(":", "_").replace("/", "--"))
 
 
+def rename_arch(name: str, old_arch: str, new_arch: str) -> str:
+    """``swin_t-medagg`` → ``unet_swin_t-medagg`` when a segmentation stage takes over a classifier's weights."""
+    old, new = slug(old_arch), slug(new_arch)
+    return new + name[len(old):] if name.startswith(old) else f"{new}.{name}"
+
+
 def stage_name(parent_name: str, dataset: str) -> str:
     """``swin_t-medagg`` + ``inbreast`` → ``swin_t-medagg-inbreast``."""
     return f"{parent_name}-{slug(dataset)}"
@@ -205,6 +211,11 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
         model_args["in_chans"] = chans
     if "img_size" in _fixed_size_args(arch_ref, size):
         model_args["img_size"] = size
+    if arch_ref.spec.task == "segmentation":  # not a timm model: medzoo.load builds it from the lineage
+        return {"architecture": arch_ref.name, "library": type(model).__module__.split(".")[0],
+                "num_classes": len(classes), "label_names": list(classes),
+                "pretrained_cfg": {k: pretrained_cfg[k] for k in ("tag", "input_size", "mean", "std", "license")},
+                "medzoo": lineage}
     config = {"architecture": stock_timm_name(arch_ref) or arch_ref.name,
               "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
               "global_pool": getattr(model, "global_pool", None) and "avg", "label_names": list(classes),

@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from . import __version__, data as mzdata, models, recipe as mzrecipe, store
-from .metrics import classification_metrics, plot_history, write_history
+from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
+                      segmentation_metrics, write_history)
 from .registry import MedzooError, Ref, registry
 
 FORMAT = 1  # bump when a change to training makes old checkpoints non-reusable
@@ -60,6 +61,7 @@ class StageResult:
 @dataclass
 class Parent:
     name: str  # prefix of the next stage's name
+    arch: str  # the architecture these weights belong to
     state: dict[str, torch.Tensor] | None
     sha256: str
     label_names: list[str] | None
@@ -121,12 +123,13 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
         if key not in sources:
             sources[key] = mzdata.open_dataset(d, runtime.data_roots.get(d), preprocess=r["preprocess"],
                                                skip_bad=runtime.skip_bad)
+    source_of = [sources[(d, json.dumps(r["preprocess"], sort_keys=True))] for d, r in zip(datasets, recipes)]
+    stage_archs = [arch_for_task(arch_ref, src.task, d) for d, src in zip(datasets, source_of)]
     _init_distributed()
-    parent = _start(arch_ref, first)
+    parent = _start(classifier_of(arch_ref), first, {a.name for a in stage_archs})
     results = []
-    for dataset, recipe in zip(datasets, recipes):
-        source = sources[(dataset, json.dumps(recipe["preprocess"], sort_keys=True))]
-        result, parent = _run_stage(arch_ref, parent, dataset, source, recipe, runtime)
+    for dataset, recipe, source, stage_arch in zip(datasets, recipes, source_of, stage_archs):
+        result, parent = _run_stage(stage_arch, parent, dataset, source, recipe, runtime)
         results.append(result)
     _summary(results)
     return results
@@ -143,15 +146,42 @@ def _split_source(stages: list[str]) -> tuple[str, list[str]]:
     return first, stages[1:]
 
 
-def _start(arch_ref: Ref, first: str) -> Parent:
+def arch_for_task(arch_ref: Ref, task: str, dataset: str) -> Ref:
+    """The architecture a stage trains: a segmentation arch's classification stages train its classifier
+    (``unet_swin_t`` trains ``swin_t`` on medagg, and the UNet's encoder then starts from it)."""
+    spec = arch_ref.spec
+    if task == "segmentation":
+        if spec.task == "segmentation":
+            return arch_ref
+        seg = f"unet_{arch_ref.name}"
+        hint = f"use '{seg}'" if seg in registry().entries["archs"] else "`medzoo list archs` shows segmentation archs"
+        raise MedzooError(f"'{dataset}' is a segmentation dataset but '{arch_ref.name}' is a classification "
+                          f"architecture; {hint}")
+    if spec.task == "segmentation":
+        return classifier_of(arch_ref, dataset)
+    return arch_ref
+
+
+def classifier_of(arch_ref: Ref, dataset: str | None = None) -> Ref:
+    if arch_ref.spec.task != "segmentation":
+        return arch_ref
+    if not arch_ref.spec.classifier:
+        if dataset is None:
+            return arch_ref
+        raise MedzooError(f"'{arch_ref.name}' has no classification counterpart to train on '{dataset}'; "
+                          "start its chain with a segmentation dataset")
+    return registry().resolve("archs", arch_ref.spec.classifier)
+
+
+def _start(arch_ref: Ref, first: str, stage_archs: set[str]) -> Parent:
     local = store.find_local(first)
     if local is not None:
         lin = local.lineage
-        if lin.get("arch") != arch_ref.name:
+        if lin.get("arch") not in stage_archs | {arch_ref.name}:
             raise MedzooError(f"checkpoint '{first}' is a {lin.get('arch')}, not a {arch_ref.name}; "
                               f"train {lin.get('arch')} from it, or pick a {arch_ref.name} checkpoint")
         state, sha = load_weights(local)
-        return Parent(first, state, sha, local.config.get("label_names"),
+        return Parent(first, lin["arch"], state, sha, local.config.get("label_names"),
                       {"source": lin.get("source"), "stages": lin.get("stages", [])}, f"checkpoint '{first}'")
     ref = registry().resolve("sources", first)
     weights = ref.spec.load(arch=arch_ref, arg=ref.arg)
@@ -161,7 +191,7 @@ def _start(arch_ref: Ref, first: str) -> Parent:
         sha = weights.sha256 or models.state_sha256(weights.state_dict)
     name = store.slug(arch_ref.name) + store.source_suffix(first, weights.tag)
     source = {"name": first, "tag": weights.tag, "sha256": sha}
-    return Parent(name, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
+    return Parent(name, arch_ref.name, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
 
 
 def load_weights(ckpt: store.Checkpoint) -> tuple[dict[str, torch.Tensor], str]:
@@ -194,6 +224,8 @@ def _reusable(name: str, key: str) -> store.Checkpoint | None:
 def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataSource, recipe: dict,
                runtime: Runtime) -> tuple[StageResult, Parent]:
     name = store.stage_name(parent.name, dataset)
+    if arch_ref.name != parent.arch:  # classifier → segmentation: the name says which model it now is
+        name = store.stage_name(store.rename_arch(parent.name, parent.arch, arch_ref.name), dataset)
     key = stage_key(arch_ref.name, parent.sha256, dataset, source.fingerprint(), recipe)
     found = None if runtime.force else _reusable(name, key)
     if found is not None:
@@ -204,7 +236,7 @@ def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataS
         state, sha = load_weights(found)
         result = StageResult(found.name, found.path, dataset, True, best.get("metric", ""), best.get("value"),
                              lin["stages"][-1].get("epochs_run", 0), 0.0, sha)
-        return result, Parent(found.name, state, sha, found.config.get("label_names"),
+        return result, Parent(found.name, arch_ref.name, state, sha, found.config.get("label_names"),
                               {"source": lin["source"], "stages": lin["stages"]}, f"checkpoint '{found.name}'")
     trainer = StageTrainer(arch_ref, parent, dataset, source, recipe, runtime, name, key)
     return trainer.run()
@@ -223,7 +255,8 @@ class StageTrainer:
         self.transfer = None
         if parent.state is not None:
             keep_head = parent.label_names is not None and list(parent.label_names) == list(source.classes)
-            self.transfer = models.transfer_weights(self.model, parent.state, keep_head=keep_head, origin=parent.origin)
+            load = arch_ref.spec.load_parent or models.transfer_weights
+            self.transfer = load(self.model, parent.state, keep_head=keep_head, origin=parent.origin)
         self.policy_name = self._resolve_policy()
         self.n_train = len(source.split("train"))
         self._ensure_val_split()
@@ -232,7 +265,7 @@ class StageTrainer:
         name = self.recipe["freeze"]
         ref = registry().resolve("policies", name)
         if ref.spec.resolve is not None:
-            chosen = ref.spec.resolve(arg=ref.arg, n_train=len(self.source.split("train")))
+            chosen = ref.spec.resolve(arg=ref.arg, n_train=len(self.source.split("train")), task=self.task)
             registry().resolve("policies", chosen)
             return chosen
         return name
@@ -328,6 +361,8 @@ class StageTrainer:
 
     def _criterion(self):
         r, classes = self.recipe, len(self.source.classes)
+        if self.task == "segmentation":
+            return DiceCELoss(self.source.ignore_index, background=self.source.classes[0] == "background")
         loss = r["loss"] if r["loss"] != "auto" else ("bce" if self.task == "multilabel" else "ce")
         weight = None
         if r["class_weights"]:
@@ -440,7 +475,7 @@ class StageTrainer:
                              seconds, sha)
         lineage = self._lineage(best, history, seconds, sha)
         lineage["stages"][-1].update(checkpoint=path.name, weights_sha256=sha)
-        return result, Parent(path.name, best_state, sha, list(self.source.classes),
+        return result, Parent(path.name, self.arch_ref.name, best_state, sha, list(self.source.classes),
                               {"source": lineage["source"], "stages": lineage["stages"]}, f"checkpoint '{path.name}'")
 
     def _train_epoch(self, net, opt, sched, scaler, criterion, amp_dtype, channels_last, epoch) -> float:
@@ -479,6 +514,8 @@ class StageTrainer:
     @torch.no_grad()
     def _validate(self, net, criterion, amp_dtype, channels_last) -> dict[str, float]:
         self.model.eval()
+        if self.task == "segmentation":
+            return self._validate_segmentation(net, criterion, amp_dtype, channels_last)
         outs, targets = [], []
         for x, y in self.val_loader:
             x = x.to(self.device)
@@ -497,6 +534,26 @@ class StageTrainer:
         if hasattr(criterion, "to"):
             criterion.to(self.device)
         return {"loss": loss, **classification_metrics(self.task, logits, target, len(self.source.classes))}
+
+    @torch.no_grad()
+    def _validate_segmentation(self, net, criterion, amp_dtype, channels_last) -> dict[str, float]:
+        # a confusion matrix summed batch by batch: segmentation logits of a whole split would not fit in memory
+        n = len(self.source.classes)
+        cm = torch.zeros(n, n, dtype=torch.long)
+        loss = torch.zeros(2, dtype=torch.float64)
+        for x, y in self.val_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(x).float()
+            loss += torch.tensor([float(criterion(out, y)) * len(x), len(x)], dtype=torch.float64)
+            cm += confusion_matrix(out.cpu(), y.cpu(), n, self.source.ignore_index)
+        if _world() > 1:
+            dist.all_reduce(cm)
+            dist.all_reduce(loss)
+        return {"loss": float(loss[0] / max(1.0, float(loss[1]))),
+                **segmentation_metrics(cm, self.source.classes, self.source.ignore_index)}
 
     def _lineage(self, best, history, seconds, sha) -> dict[str, Any]:
         import timm
@@ -543,6 +600,8 @@ class StageTrainer:
                                                           **best.get("val", {})}, indent=2))
             write_history(history, tmp / "history.csv")
             plot_history(history, tmp / "learning_curve.png", self.name, self.metric)
+            if self.task == "segmentation":
+                self._plot_predictions(tmp / "predictions.png")
             old = None
             if final.exists():  # --force on the same inputs: swap, never leave a half state visible
                 old = root / f".old-{final_name}-{os.getpid()}"
@@ -556,6 +615,20 @@ class StageTrainer:
             sha = models.sha256_file(final / store.WEIGHTS)
         log(f"[{final_name}] saved {final}")
         return final, sha
+
+
+    @torch.no_grad()
+    def _plot_predictions(self, path: Path, n: int = 4) -> None:
+        """Truth and prediction over a few validation images, for a look at what the numbers mean."""
+        self.model.eval()
+        ds = self.val_loader.dataset
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        if not items:
+            return
+        x = torch.stack([i[0] for i in items]).to(self.device)
+        pred = self.model(x).argmax(1).cpu()
+        plot_segmentation([i[0] for i in items], [i[1] for i in items], list(pred), self.source.classes,
+                          self.source.ignore_index, path, self.name)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -602,10 +675,11 @@ def _tuples(x):
 
 
 def _summary(results: list[StageResult]) -> None:
+    rows = [(r.dataset, r.name, f"{r.metric} {r.best:.4f}" if isinstance(r.best, float) else "-",
+             "reused" if r.reused else f"{r.seconds:.0f}s") for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("stage", "checkpoint", "best", "time"))]
     log("")
-    log(f"{'stage':<14} {'checkpoint':<44} {'best':>16} {'time':>8}")
-    for r in results:
-        best = f"{r.metric} {r.best:.4f}" if isinstance(r.best, float) else "-"
-        log(f"{r.dataset:<14} {r.name:<44} {best:>16} {'reused' if r.reused else f'{r.seconds:.0f}s':>8}")
+    for row in [("stage", "checkpoint", "best", "time"), *rows]:
+        log("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     if results:
         log(f"checkpoints in {results[-1].path.parent}")

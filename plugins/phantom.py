@@ -130,3 +130,9 @@ def register_datasets(register):
         modality="synthetic", body_part="breast", recipe=PHANTOM_RECIPE, license="CC0-1.0 (generated)",
         description=f"SYNTHETIC lesion present/absent on breast-like texture, {2 * LESION_PATIENTS} images of "
                     f"{SIZE}px, 2 views per patient; runs offline"))
+    register(DatasetSpec(
+        name="phantom_lesion_seg", open=lambda root=None, arg=None: open_lesion(task="segmentation",
+                                                                               name="phantom_lesion_seg"),
+        task="segmentation", classes=("background", "lesion"), modality="synthetic", body_part="breast",
+        recipe={**PHANTOM_RECIPE, "lr": 1e-3}, license="CC0-1.0 (generated)",
+        description="SYNTHETIC lesion masks: the phantom_lesion images with a mask of each blob, for segmentation"))

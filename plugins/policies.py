@@ -69,13 +69,15 @@ def apply_lld(model, arg=None, **ctx):
             for p in g["params"]}
 
 
-def resolve_auto(arg=None, n_train=0, **ctx) -> str:
+def resolve_auto(arg=None, n_train=0, task="classification", **ctx) -> str:
     small, large = AUTO_SMALL, AUTO_LARGE
     if arg:
         try:
             small, large = (int(x) for x in arg.split(","))
         except ValueError:
             raise MedzooError(f"freeze policy 'auto' takes two thresholds, as in 'auto:1000,10000' (got '{arg}')") from None
+    if task == "segmentation":  # groups are encoder · decoder · head: a small set trains the decoder on a frozen encoder
+        return "top:1" if n_train < large else "full"
     if n_train < small:
         return "head"
     return f"top:{AUTO_TOP}" if n_train < large else "full"
@@ -96,8 +98,10 @@ def register_freeze_policies(register):
                                                 "a layer d groups below the head is scaled by DECAY**d (timm's "
                                                 "param_groups_layer_decay)", takes_arg=True, arg_help="DECAY",
                               params={"DECAY": "per-layer lr factor in (0, 1], e.g. 0.75"}))
-    register(FreezePolicySpec("auto", None, f"by training-set size: head below {AUTO_SMALL} images, top:{AUTO_TOP} "
-                                            f"below {AUTO_LARGE}, full above", resolve=resolve_auto,
-                              takes_arg=True, arg_required=False, arg_help="SMALL,LARGE",
-                              params={"SMALL": f"head-only below this many training images (default {AUTO_SMALL})",
-                                      "LARGE": f"top:{AUTO_TOP} below this many, full above (default {AUTO_LARGE})"}))
+    register(FreezePolicySpec(
+        "auto", None, f"by training-set size: head below {AUTO_SMALL} images, top:{AUTO_TOP} below {AUTO_LARGE}, "
+                      f"full above; segmentation models (encoder · decoder · head) train top:1 — the decoder and "
+                      f"head on a frozen encoder — below {AUTO_LARGE}, full above",
+        resolve=resolve_auto, takes_arg=True, arg_required=False, arg_help="SMALL,LARGE",
+        params={"SMALL": f"head-only below this many training images (default {AUTO_SMALL})",
+                "LARGE": f"top:{AUTO_TOP} below this many, full above (default {AUTO_LARGE})"}))

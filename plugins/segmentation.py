@@ -1,0 +1,153 @@
+"""Segmentation architectures whose encoders start from the chain's classification stages:
+``unet_<arch>`` (segmentation-models-pytorch UNet on timm's universal encoders) and ``swin_unetr``
+(MONAI's 2D Swin UNETR, built with Swin-T's widths and depths so timm Swin-T blocks map into it)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from medzoo import hookimpl
+from medzoo.models import Transfer
+from medzoo.registry import ArchSpec, MedzooError
+
+from .archs import SHORT_NAMES
+
+UNET_ENCODERS = ("swin_t", "resnet18", "resnet50", "densenet121", "mobilenetv2", "mobilenetv3", "efficientnet_b0")
+SWIN_T = dict(feature_size=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
+
+
+def build_unet(timm_name: str, *, num_classes: int, in_chans: int = 3, img_size: int | None = None, **_):
+    import segmentation_models_pytorch as smp
+
+    kw = {"img_size": img_size} if img_size and timm_name.startswith("swin") else {}
+    model = smp.Unet(encoder_name=f"tu-{timm_name}", encoder_weights=None, in_channels=in_chans,
+                     classes=num_classes, **kw)
+    model.medzoo_group_prefixes = [("encoder.",), ("decoder.",), ("segmentation_head.",)]
+    return model
+
+
+def build_swin_unetr(*, num_classes: int, in_chans: int = 3, img_size: int | None = None, **_):
+    from monai.networks.nets import SwinUNETR
+
+    if img_size and img_size % 32:
+        raise MedzooError(f"swin_unetr needs an image size divisible by 32 (patch 2 and four 2× merges), not "
+                          f"{img_size}; set image_size to e.g. {max(32, img_size // 32 * 32)}")
+    model = SwinUNETR(in_channels=in_chans, out_channels=num_classes, spatial_dims=2, **SWIN_T)
+    decoder = tuple(f"{n}." for n, _ in model.named_children() if n not in ("swinViT", "out"))
+    model.medzoo_group_prefixes = [("swinViT.",), decoder, ("out.",)]
+    return model
+
+
+# -- classification weights into segmentation encoders ----------------------------------------------
+
+def _own_keys(model, state: dict, marker: str) -> bool:
+    return any(k.startswith(marker) for k in state)
+
+
+def _flattened(key: str) -> list[str]:
+    """timm names a FeatureListNet key might have come from: its first level joins a module path with '_'
+    (swin ``layers_0`` ← ``layers.0``, densenet ``features_denseblock1`` ← ``features.denseblock1``)."""
+    head, _, rest = key.partition(".")
+    parts = head.split("_")
+    out = []
+    for dots in itertools.product(("_", "."), repeat=len(parts) - 1):
+        name = parts[0] + "".join(d + p for d, p in zip(dots, parts[1:]))
+        out.append(f"{name}.{rest}" if rest else name)
+    return out
+
+
+def load_unet_parent(model, state: dict, *, keep_head: bool, origin: str) -> Transfer:
+    if _own_keys(model, state, "encoder.model."):  # a segmentation parent of the same kind
+        return _same_kind(model, state, keep_head, origin, head=("segmentation_head.",))
+    own = model.state_dict()
+    enc = {k: v for k, v in own.items() if k.startswith("encoder.model.")}
+    mapped, misfits = {}, []
+    for key, value in enc.items():
+        short = key[len("encoder.model."):]
+        src = next((c for c in _flattened(short) if c in state and state[c].shape == value.shape), None)
+        if src is None:
+            misfits.append(short)
+        else:
+            mapped[key] = state[src]
+    if misfits:
+        raise MedzooError(f"weights from {origin} don't fit this UNet's encoder: {len(misfits)} of {len(enc)} "
+                          f"encoder tensors have no match by name and shape (e.g. {misfits[0]}); start the chain "
+                          "with the encoder's own classification architecture")
+    model.load_state_dict(mapped, strict=False)
+    return Transfer(matched=len(mapped), total=len(own), head="re-initialised",
+                    note=f"matched {len(mapped)}/{len(enc)} encoder tensors; the decoder is new")
+
+
+# timm Swin-T → MONAI SwinViT: blocks move one stage index up; timm downsamples at the start of a stage,
+# MONAI at the end of the previous one; the MLP layers have other names.
+_SWIN_RULES = [
+    (re.compile(r"^layers\.(\d)\.blocks\.(.*)$"), lambda m: f"swinViT.layers{int(m[1]) + 1}.0.blocks.{m[2]}"),
+    (re.compile(r"^layers\.(\d)\.downsample\.(.*)$"), lambda m: f"swinViT.layers{int(m[1])}.0.downsample.{m[2]}"),
+]
+
+
+def timm_swin_to_monai(key: str) -> str | None:
+    for pattern, target in _SWIN_RULES:
+        m = pattern.match(key)
+        if m:
+            return target(m).replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
+    return None
+
+
+def load_swin_unetr_parent(model, state: dict, *, keep_head: bool, origin: str) -> Transfer:
+    if _own_keys(model, state, "swinViT."):
+        return _same_kind(model, state, keep_head, origin, head=("out.",))
+    own = model.state_dict()
+    vit = [k for k in own if k.startswith("swinViT.")]
+    mapped = {}
+    for key, value in state.items():
+        target = timm_swin_to_monai(key)
+        if target is not None and target in own and own[target].shape == value.shape:
+            mapped[target] = value
+    blocks = [k for k in state if k.startswith("layers.") and ".blocks." in k]
+    if not blocks:
+        raise MedzooError(f"weights from {origin} are not a Swin-T classifier (no 'layers.N.blocks' tensors); "
+                          "swin_unetr's encoder takes timm swin_tiny_patch4_window7_224 weights")
+    missing = [k for k in blocks if timm_swin_to_monai(k) not in mapped]
+    if missing:
+        raise MedzooError(f"weights from {origin} don't fit swin_unetr: {len(missing)} Swin block tensors do not map "
+                          f"(e.g. {missing[0]}); use Swin-T (depths 2,2,6,2) weights")
+    model.load_state_dict(mapped, strict=False)
+    n_vit = sum(own[k].numel() for k in vit)
+    share = sum(own[k].numel() for k in mapped) / n_vit
+    return Transfer(matched=len(mapped), total=len(own), head="re-initialised",
+                    note=f"matched {len(mapped)}/{len(vit)} swinViT tensors ({share:.0%} of its parameters; the "
+                         "2×2 patch embedding and the last merge have no Swin-T counterpart)")
+
+
+def _same_kind(model, state, keep_head, origin, head) -> Transfer:
+    own = model.state_dict()
+    load = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+            and (keep_head or not k.startswith(head))}
+    backbone = [k for k in own if not k.startswith(head)]
+    missing = [k for k in backbone if k not in load]
+    if missing:
+        raise MedzooError(f"weights from {origin} don't fit this model: {len(missing)} of {len(backbone)} tensors "
+                          f"missing or shaped differently (e.g. {missing[0]})")
+    model.load_state_dict(load, strict=False)
+    loaded = all(k in load for k in own if k.startswith(head))
+    return Transfer(matched=len(load), total=len(own), head="loaded" if loaded else "re-initialised")
+
+
+@hookimpl
+def register_archs(register):
+    for short in UNET_ENCODERS:
+        timm_name, family, size = SHORT_NAMES[short]
+        register(ArchSpec(
+            name=f"unet_{short}",
+            build=lambda *, _t=timm_name, **kw: build_unet(_t, **kw),
+            task="segmentation", family="unet", input_size=(3, size, size),
+            description=f"UNet (segmentation-models-pytorch) on timm's {timm_name} features; the encoder takes "
+                        f"{short}'s classification weights",
+            classifier=short, load_parent=load_unet_parent))
+    register(ArchSpec(
+        name="swin_unetr", build=build_swin_unetr, task="segmentation", family="swin_unetr",
+        input_size=(3, 224, 224), classifier="swin_t", load_parent=load_swin_unetr_parent,
+        description="MONAI Swin UNETR (2D) with Swin-T widths/depths; timm Swin-T blocks map into its encoder "
+                    "(not the 2×2 patch embedding nor the extra last merge)"))
