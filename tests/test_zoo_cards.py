@@ -8,7 +8,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from medzoo import cards, store
-from zoofixtures import ckpt, rewrite_config, trained  # noqa: F401
+from zoofixtures import ckpt, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 

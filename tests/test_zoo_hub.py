@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 import medzoo
 from conftest import run_cli
 from medzoo import MedzooError, hub as mzhub, models, store
-from zoofixtures import (ARCH, TOKEN, ckpt, hub, hub_env, rewrite_config, same_state, state_of,  # noqa: F401
+from zoofixtures import (ARCH, TOKEN, ckpt, hub, hub_env, rewrite_config, same_state, state_of,  # noqa: F401 — pytest fixtures
                          trained, variant)
 
 REPO = "lab/lesion-net"

@@ -11,7 +11,7 @@ import torch
 import medzoo
 from medzoo import MedzooError, data as mzdata, models, store, zoo
 from medzoo.registry import ArchSpec, registry
-from zoofixtures import ckpt, rewrite_config, same_state, state_of, trained  # noqa: F401
+from zoofixtures import ckpt, rewrite_config, same_state, state_of, trained  # noqa: F401 — pytest fixtures
 
 
 def _local_state(name):
