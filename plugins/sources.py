@@ -21,13 +21,28 @@ def load_imagenet(*, arch, arg=None) -> SourceWeights:
     if arg is not None and arg not in tags:
         raise MedzooError(f"timm has no '{arg}' weights for {name}{did_you_mean(arg, tags)}; available: {', '.join(tags)}")
     full = f"{name}.{arg}" if arg else name
+    # Weights already in the Hugging Face cache load from there without asking the Hub: offline, that ask
+    # costs a minute of retries. timm still applies its own key filters to the file.
+    cached = _cached_file(full)
+    overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
     try:
-        model = timm.create_model(full, pretrained=True)
+        model = timm.create_model(full, pretrained=True, **overlay)
     except Exception as exc:  # offline, no cache, hub error: all end the same way for the user
         raise MedzooError(f"could not get the ImageNet weights '{full}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                           "connect to the Hugging Face Hub once (they are cached), or start with 'scratch' or 'file:<path>'") from None
     cfg = dict(model.pretrained_cfg)
     return SourceWeights(model.state_dict(), tag=f"imagenet:{cfg.get('tag') or arg or 'default'}", pretrained_cfg=cfg)
+
+
+def _cached_file(full: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(full)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    hit = try_to_load_from_cache(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors")
+    return hit if isinstance(hit, str) and hit.endswith(".safetensors") else None
 
 
 def load_scratch(*, arch, arg=None) -> SourceWeights:

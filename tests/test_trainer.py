@@ -248,3 +248,26 @@ def test_trains_on_real_layouts_through_the_preprocessed_cache(tmp_path):
     assert lin["stages"][0]["recipe"]["preprocess"]["clahe"] == 2.0  # chest X-ray's default preprocessing
     assert lin["in_chans"] == 1 and lin["stages"][1]["classes"] == ["benign", "malignant"]
     assert len(list((store.home() / "cache").iterdir())) == 2  # one preprocessed cache per dataset
+
+
+def test_imagenet_source_loads_timm_weights_from_the_hf_cache_without_the_network(tmp_path, monkeypatch, capsys):
+    """Stands in for a machine that downloaded timm's weights once: same cache layout, no network."""
+    cache = tmp_path / "hf"
+    snap = cache / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    fake_imagenet = medzoo.create_model("resnet18", num_classes=1000)
+    save_file({k: v.contiguous() for k, v in fake_imagenet.state_dict().items()}, str(snap / "model.safetensors"))
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache / "hub"))
+    results = medzoo.train("resnet18", "imagenet,phantom_lesion", overrides=tiny("freeze=head"), precision="fp32")
+    assert results[0].name == "resnet18-phantom_lesion"  # the default ImageNet weights show as nothing
+    lin = store.get_local(results[0].name).lineage
+    assert lin["source"]["tag"] == "imagenet:a1_in1k"
+    assert lin["source"]["sha256"] == state_sha256(fake_imagenet.state_dict())
+    w = weights(results[0].name)
+    assert torch.equal(w["layer4.1.conv2.weight"], fake_imagenet.state_dict()["layer4.1.conv2.weight"])
