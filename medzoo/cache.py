@@ -24,6 +24,7 @@ import torch
 
 from .data import DataSource, Record, bad_input, log
 from .registry import MedzooError, did_you_mean
+from .store import home as store_home
 
 # Bump when any preprocessing step changes what it writes: old caches then miss instead of being reused.
 CACHE_VERSION = 1
@@ -68,7 +69,7 @@ class PreprocessConfig:
 
 
 def cache_home() -> Path:
-    return Path(os.environ.get("MEDZOO_HOME", Path.home() / ".medzoo")).expanduser() / "cache"
+    return store_home() / "cache"
 
 
 # -- the generic part of preprocessing: size and channels ---------------------------------------
