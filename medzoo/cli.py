@@ -151,6 +151,23 @@ def plugins(as_json):
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
 
 
+def _data_roots(items) -> dict[str, str]:
+    """``--data-root [DATASET=]PATH`` values: per-dataset roots; a bare PATH becomes MEDZOO_DATA."""
+    import os
+
+    roots = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if eq:
+            roots[name] = path
+        else:
+            os.environ["MEDZOO_DATA"] = item
+    return roots
+
+
+DATA_ROOT_HELP = "Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable."
+
+
 @cli.command()
 @click.argument("arch")
 @click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,medagg,inbreast "
@@ -166,26 +183,42 @@ def plugins(as_json):
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for convolutional nets.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH",
-              help="Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images and bad rows (reported) instead of failing.")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
           skip_bad):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
-    import os
-
     from .trainer import Runtime, train as run_chain
 
-    roots = {}
-    for item in data_roots:
-        name, eq, path = item.partition("=")
-        if eq:
-            roots[name] = path
-        else:
-            os.environ["MEDZOO_DATA"] = item
+    roots = _data_roots(data_roots)
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
                       num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad)
     run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dataset", help="Dataset to score (default: the last stage's); its classes must match the model's.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the AUC's 95% CI (0: none).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for the results (default: "
+              "eval/DATASET-SPLIT/ in the checkpoint; only then are they recorded for its model card).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
+    """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
+    from .evaluate import evaluate as run
+
+    result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device, batch_size=batch_size,
+                 bootstrap=bootstrap, seed=seed, out=out)
+    if as_json:
+        from .evaluate import _json_safe
+
+        click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
+                                          "metrics": result.metrics, "out": str(result.out_dir)}), indent=2))
 
 
 @cli.command()
