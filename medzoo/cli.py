@@ -222,6 +222,36 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
 
 
 @cli.command()
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the grid's 'seeds').")
+@click.option("--out", type=click.Path(file_okay=False), help="Results folder (default: runs/<grid name>).")
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the grid's runtime, else the best available).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
+@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots):
+    """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
+
+    Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
+    from .experiment import parse_seeds, run_grid
+
+    result = run_grid(grid, seeds=parse_seeds(seeds), out=out, data_roots=_data_roots(data_roots), device=device,
+                      precision=precision, num_workers=num_workers)
+    if result["failed"]:
+        raise click.ClickException(f"{result['failed']} of {result['cells']} cells failed (see {result['report']}); "
+                                   "rerun the same command to retry them")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+def report(folder):
+    """(Re)build results.csv, report.md and plots/ of an experiment folder from its finished runs."""
+    from .report import build_report
+
+    click.echo(f"wrote {build_report(folder)}")
+
+
+@cli.command()
 @click.argument("name")
 @click.option("--repo-id", required=True, metavar="ORG/NAME", help="The Hub repo to create (if missing) and commit to.")
 @click.option("--private", is_flag=True, help="Create the repo private.")
