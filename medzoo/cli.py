@@ -222,6 +222,24 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
 
 
 @cli.command()
+@click.argument("name")
+@click.option("--dataset", help="Dataset to score (default: the last stage's).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--right", default=16, show_default=True, help="How many of the least confident right answers to show.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="HTML file (default: "
+              "eval/errors-DATASET-SPLIT.html in the checkpoint).")
+def errors(name, dataset, split, right, data_roots, device, out):
+    """One self-contained HTML page of the images NAME got wrong (and the least confident right ones)."""
+    from .gallery import gallery
+
+    path, wrong, shown = gallery(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
+                                 right=right, out=out)
+    click.echo(f"{wrong} misclassified, {shown} least confident right ones: {path}")
+
+
+@cli.command()
 @click.argument("grid", type=click.Path(dir_okay=False))
 @click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the grid's 'seeds').")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (default: runs/<grid name>).")

@@ -188,3 +188,35 @@ def test_segmentation_confusion_matrix_is_accumulated_batch_by_batch(tmp_path):
     expected = segmentation_metrics(cm, ["background", "lesion"])
     assert result.metrics["dice_lesion"] == pytest.approx(expected["dice_lesion"])
     assert "dice" in json.loads((d / "eval" / "seg_eval-test" / "metrics.json").read_text())["metrics"]
+
+
+def test_errors_gallery_lists_exactly_the_misclassified_images(ckpt):
+    import base64
+    import re
+
+    from medzoo.gallery import gallery
+
+    path, wrong, shown = gallery(ckpt, right=5)
+    assert path == store.get_local(ckpt).path / "eval" / "errors-phantom_lesion-test.html"
+    page = path.read_text()
+    # the reference: predictions of `medzoo evaluate`, from its predictions.csv
+    result = evaluate(ckpt, bootstrap=0)
+    rows = list(csv.DictReader(open(result.out_dir / "predictions.csv")))
+    mistakes = {r["id"] for r in rows if r["label"] != r["predicted"]}
+    assert mistakes, "the 1-epoch model should make mistakes, or this test checks nothing"
+    cards = re.findall(r'<div class="card (wrong|right)" data-id="([^"]+)">', page)
+    listed_wrong = [i for kind, i in cards if kind == "wrong"]
+    assert len(listed_wrong) == wrong == len(set(listed_wrong)) and set(listed_wrong) == mistakes
+    # sorted by confidence: mistakes most confident first, right answers least confident first
+    conf = {r["id"]: max(float(r["p_absent"]), float(r["p_present"])) for r in rows}
+    assert [conf[i] for i in listed_wrong] == sorted((conf[i] for i in listed_wrong), reverse=True)
+    listed_right = [i for kind, i in cards if kind == "right"]
+    rights = sorted((conf[r["id"]] for r in rows if r["label"] == r["predicted"]))[:5]
+    assert shown == 5 and [conf[i] for i in listed_right] == pytest.approx(rights, abs=1e-6)
+    # self-contained: two embedded PNGs per card (original and model input), nothing fetched
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 2 * len(cards) and base64.b64decode(images[0])[:4] == b"\x89PNG"
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "true <b>" in page and "predicted <b>" in page and "p=" in page
+    proc = run_cli("errors", ckpt, "--dataset", "nope", check=False)
+    assert proc.returncode == 1 and "unknown dataset 'nope'" in proc.stderr
