@@ -205,8 +205,8 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the AUC's 95% CI (0: none).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for the results (default: "
-              "eval/DATASET-SPLIT/ in the checkpoint; only then are they recorded for its model card).")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the results to OUT/DATASET-SPLIT/ (default: "
+              "the checkpoint's eval/ folder; only then are they recorded for its model card).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""

@@ -260,9 +260,9 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
              out: str | Path | None = None, write: bool = True, model=None) -> Evaluation:
     """Evaluate checkpoint ``name`` (anything ``medzoo.load`` accepts) on a split of a dataset.
 
-    Writes ``metrics.json``, ``predictions.csv`` and plots to ``out`` (default: ``eval/<dataset>-<split>/``
-    in a local checkpoint, ``$MEDZOO_HOME/evaluations/<name>/<dataset>-<split>/`` otherwise) and, for a
-    local checkpoint, records the metrics in its ``config.json`` for the model card.
+    Writes ``metrics.json``, ``predictions.csv`` and plots to ``<dataset>-<split>/`` in ``out`` (default:
+    ``eval/`` in a local checkpoint, ``$MEDZOO_HOME/evaluations/<name>/`` otherwise) and, for a local
+    checkpoint without ``out``, records the metrics in its ``config.json`` for the model card.
     """
     from .trainer import _device
     from .zoo import load
@@ -299,8 +299,8 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     print(log, flush=True)
     if write:
         local = store.find_local(str(name))
-        where = Path(out) if out else (local.path / "eval" if local else
-                                       store.home() / "evaluations" / store.slug(str(name))) / f"{store.slug(dataset)}-{split}"
+        parent = Path(out) if out else (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
+        where = parent / f"{store.slug(dataset)}-{split}"  # a folder of its own: --out DIR's other files stay
         payload = {"checkpoint": result.name, "origin": model.medzoo_origin,
                    "weights_sha256": lin.get("weights_sha256"), "dataset": dataset, "split": split, "task": task,
                    "n_images": n, "classes": list(source.classes), "metrics": metrics, **details,

@@ -29,6 +29,17 @@ GRID_KEYS = ("name", "description", "reference", "archs", "chains", "baseline", 
              "metrics", "split", "bootstrap", "runtime")
 TARGET_KEYS = ("dataset", "archs", "set", "metrics")
 RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "skip_bad")
+CLASSIFICATION_METRICS = {"auc", "average_precision", "accuracy", "f1", "precision", "recall", "specificity", "rmse",
+                          "auc_ci_low", "auc_ci_high"}
+
+
+def metric_fits(metric: str, task: str) -> bool:
+    """Whether ``medzoo evaluate`` reports ``metric`` for a ``task`` model (dice_<class>/iou_<class> included)."""
+    if task == "segmentation":
+        return metric in ("dice", "iou", "pixel_accuracy") or metric.startswith(("dice_", "iou_"))
+    return metric in CLASSIFICATION_METRICS
+
+
 DEFAULT_METRICS = {"classification": ["auc", "accuracy", "f1", "precision", "recall", "specificity", "rmse"],
                    "multilabel": ["auc", "accuracy", "f1", "precision", "recall", "rmse"],
                    "segmentation": ["dice", "iou", "pixel_accuracy"]}
@@ -42,6 +53,7 @@ class Target:
     set: dict[str, Any] = field(default_factory=dict)  # recipe keys for the target stage only
     metrics: list[str] = field(default_factory=list)
     task: str = "classification"
+    own_metrics: bool = False  # metrics given in the target itself (else the grid's, or the task's defaults)
 
 
 @dataclass
@@ -168,7 +180,7 @@ def _targets(value: Any, default_archs: list[str] | None, metrics: Any, where: s
             raise _fail(where, f"targets.{label}.set must map recipe keys to values")
         names = spec.get("metrics", metrics)
         out.append(Target(str(label), str(spec.get("dataset", label)), archs, dict(sets),
-                          _names(names, where, "metrics") if names else []))
+                          _names(names, where, "metrics") if names else [], own_metrics="metrics" in spec))
     return out
 
 
@@ -188,7 +200,11 @@ def _check(grid: Grid, where: str) -> None:
         for arch in target.archs:
             reg.resolve("archs", arch)
         target.task = reg.resolve("datasets", target.dataset).spec.task
-        if not target.metrics:
+        unfit = [m for m in target.metrics if not metric_fits(m, target.task)]
+        if unfit and target.own_metrics:
+            raise _fail(where, f"target '{target.label}' is {target.task}, which has no metric '{unfit[0]}' "
+                               f"(e.g. {', '.join(DEFAULT_METRICS[target.task])})")
+        if not target.metrics or unfit:  # the grid-wide list is for another task: this task's defaults
             target.metrics = DEFAULT_METRICS[target.task]
         for cell in cells(grid, [target]):
             used.update(cell.stages)

@@ -121,8 +121,21 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str, path:
             x = np.arange(1, epochs + 1)
             with np.errstate(all="ignore"):
                 ax.plot(x, np.nanmean(arr, 0), "o-", ms=3, color=f"C{k}", label=label)
-                if len(runs) > 1:
+                if len(runs) > 1 and epochs > 1:
                     ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), color=f"C{k}", alpha=0.15)
+                elif len(runs) > 1:  # one epoch: the band is a bar
+                    mid = np.nanmean(arr, 0)
+                    ax.errorbar(x, mid, yerr=[mid - np.nanmin(arr, 0), np.nanmax(arr, 0) - mid], color=f"C{k}",
+                                capsize=3, fmt="none")
+    from matplotlib.ticker import MaxNLocator
+
+    longest = max((len(r) for runs in curves.values() for r in runs), default=1)
+    for ax in axes:
+        if longest <= 20:
+            ax.set_xticks(range(1, longest + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, longest + 0.5)
     axes[0].set(xlabel="epoch", ylabel="validation loss")
     axes[1].set(xlabel="epoch", ylabel=f"validation {metric}")
     axes[1].legend(fontsize=7)

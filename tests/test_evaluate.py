@@ -220,3 +220,14 @@ def test_errors_gallery_lists_exactly_the_misclassified_images(ckpt):
     assert "true <b>" in page and "predicted <b>" in page and "p=" in page
     proc = run_cli("errors", ckpt, "--dataset", "nope", check=False)
     assert proc.returncode == 1 and "unknown dataset 'nope'" in proc.stderr
+
+
+def test_out_folder_keeps_its_other_files_and_records_nothing(ckpt, tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "notes.txt").write_text("mine")
+    before = (store.get_local(ckpt).path / store.CONFIG).read_text()
+    result = evaluate(ckpt, out=res, bootstrap=0)
+    assert result.out_dir == res / "phantom_lesion-test" and (result.out_dir / "metrics.json").is_file()
+    assert (res / "notes.txt").read_text() == "mine"
+    assert (store.get_local(ckpt).path / store.CONFIG).read_text() == before

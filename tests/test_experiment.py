@@ -90,11 +90,11 @@ def test_report_has_a_table_per_target_with_p_values_and_rebuilds(grid_run, tmp_
         assert f"## Target: {target} (dataset `phantom_lesion`, classification)" in text
         assert f"![{target}: metrics by chain](plots/{target}-bars.png)" in text
         assert (grid_run["out"] / "plots" / f"{target}-bars.png").stat().st_size > 0
-        assert (grid_run["out"] / "plots" / f"{target}-resnet18-curves.png").stat().st_size > 0
+        assert (grid_run["out"] / "plots" / f"{target}-timm_test_resnet-curves.png").stat().st_size > 0
     assert text.count("| arch | chain | auc | accuracy | f1 | rmse |") == 2
-    assert text.count("| resnet18 | scratch (baseline) |") == 2
-    assert re.search(r"\| resnet18 \| agg \| \d\.\d{3} ± \d\.\d{3} \(2\) \|", text)
-    comparisons = re.findall(r"\| resnet18 \| agg \| (auc|accuracy|f1|rmse) \| .*? \| ([+-]\d\.\d{3}|–) \| (\S+) \| (\S+) \| 2 \|", text)
+    assert text.count("| timm:test_resnet | scratch (baseline) |") == 2
+    assert re.search(r"\| timm:test_resnet \| agg \| \d\.\d{3} ± \d\.\d{3} \(2\) \|", text)
+    comparisons = re.findall(r"\| timm:test_resnet \| agg \| (auc|accuracy|f1|rmse) \| .*? \| ([+-]\d\.\d{3}|–) \| (\S+) \| (\S+) \| 2 \|", text)
     assert len(comparisons) == 8  # 2 targets × 4 metrics
     p_values = [p for *_, pp, pi in comparisons for p in (pp, pi) if p != "n/a"]
     assert p_values and all(p == "<0.001" or 0 <= float(p) <= 1 for p in p_values)
@@ -156,6 +156,8 @@ runtime: {{precision: fp32}}
      "recipe section 'inbreast' is not a dataset of any chain"),
     ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nseeds: [0, 0]", "seeds must be distinct"),
     ("chains: {a: [scratch]}\ntargets: [phantom_lesion]", "target 'phantom_lesion' has no architectures"),
+    ("chains: {a: [scratch]}\ntargets: {phantom_lesion: {metrics: [dice]}}\narchs: [resnet18]",
+     "target 'phantom_lesion' is classification, which has no metric 'dice'"),
 ])
 def test_bad_grids_fail_before_anything_runs(tmp_path, doc, message):
     grid = tmp_path / "bad.yaml"
