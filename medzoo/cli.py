@@ -210,12 +210,12 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
-    from .evaluate import evaluate as run
+    from .evaluation import evaluate as run
 
     result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device, batch_size=batch_size,
                  bootstrap=bootstrap, seed=seed, out=out)
     if as_json:
-        from .evaluate import _json_safe
+        from .evaluation import _json_safe
 
         click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
                                           "metrics": result.metrics, "out": str(result.out_dir)}), indent=2))

@@ -310,7 +310,7 @@ def run_grid(path: str | Path, *, seeds: list[int] | None = None, out: str | Pat
 
 
 def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runtime: dict[str, Any]) -> dict[str, Any]:
-    from .evaluate import _json_safe, evaluate
+    from .evaluation import _json_safe, evaluate
     from .trainer import Runtime, train
 
     started = time.time()

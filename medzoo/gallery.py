@@ -62,7 +62,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
             right: int = 16, out: str | Path | None = None, batch_size: int = 64) -> tuple[Path, int, int]:
     """Write the gallery; returns (path, number of mistakes, number of right answers shown)."""
     from .cache import CachedSource
-    from .evaluate import eval_dataset, open_for, predict
+    from .evaluation import eval_dataset, open_for, predict
     from .trainer import _device
     from .zoo import load, transform_config
 

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 
 import medzoo
 from medzoo import cards, models, store
-from medzoo.evaluate import bootstrap_auc_ci, classification_report, evaluate
+from medzoo.evaluation import bootstrap_auc_ci, classification_report, evaluate
 from medzoo.registry import ArchSpec, DatasetSpec, MedzooError, registry
 
 from conftest import run_cli
@@ -180,7 +180,7 @@ def test_segmentation_confusion_matrix_is_accumulated_batch_by_batch(tmp_path):
     result = evaluate(d.name, batch_size=5)
     # the same numbers from all the split's logits at once
     model = medzoo.load(d.name)
-    ds = medzoo.evaluate.eval_dataset(model, medzoo.data.open_dataset("seg_eval"), "test")
+    ds = medzoo.evaluation.eval_dataset(model, medzoo.data.open_dataset("seg_eval"), "test")
     xs, ys = zip(*[ds[i] for i in range(len(ds))])
     with torch.no_grad():
         cm = confusion_matrix(model(torch.stack(xs)), torch.stack(ys), 2)
