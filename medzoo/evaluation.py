@@ -296,6 +296,8 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     result = Evaluation(lin.get("name") or str(name), dataset, split, task, n, metrics, details)
     log = f"[{result.name}] {dataset}/{split} ({n} images): " + "  ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if k in HEADLINE and not math.isnan(v))
+    if not math.isnan(metrics.get("auc_ci_low", math.nan)):
+        log += f"  (AUC 95% CI {metrics['auc_ci_low']:.4f}–{metrics['auc_ci_high']:.4f})"
     print(log, flush=True)
     if write:
         local = store.find_local(str(name))
