@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo's data is synthetic (medzoo's phantom datasets): it runs offline in about two minutes.
+# It ends by scoring both chains' last checkpoints on phantom_lesion's test split: with and without the
+# intermediate phantom_agg stage (metrics, plots and predictions land in each checkpoint's eval/ folder).
 demo: $(STAMP)
 	$(BIN)/medzoo train resnet18 --stages scratch,phantom_agg,phantom_lesion
 	$(BIN)/medzoo train resnet18 --stages scratch,phantom_lesion
 	$(BIN)/medzoo list weights
+	$(BIN)/medzoo evaluate resnet18.scratch-phantom_agg-phantom_lesion
+	$(BIN)/medzoo evaluate resnet18.scratch-phantom_lesion
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

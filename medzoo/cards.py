@@ -38,7 +38,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-NOT_METRICS = {"loss", "best_epoch", "epoch"}  # bookkeeping in metrics.json, not evaluation results
+# bookkeeping in metrics.json and evaluations, not evaluation results (the AUC interval is shown beside the AUC)
+NOT_METRICS = {"loss", "best_epoch", "epoch", "n_images", "auc_ci_low", "auc_ci_high"}
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -70,8 +71,9 @@ def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any]):
     hf = store.hf_license(licence)
     modalities = sorted({s.get("modality") for s in stages if s.get("modality")})
     last = stages[-1]["dataset"] if stages else "unknown"
-    results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split="validation",
-                          metric_type=k, metric_name=f"validation {k}", metric_value=round(v, 6))
+    split = "test" if metrics.get("split") == "test" else "validation"
+    results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split=split,
+                          metric_type=k, metric_name=f"{split} {k}", metric_value=round(v, 6))
                for k, v in finite_metrics(metrics).items()]
     extra = {"license_name": re.sub(r"[^a-z0-9]+", "-", licence.lower()).strip("-") or "custom"} if hf == "other" else {}
     return ModelCardData(
@@ -113,16 +115,32 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         f"(`{source.get('tag', '?')}`)", stages=rows, weights_sha256=lin.get("weights_sha256", "?"),
         license_text=licence or "unknown", source_license_note=_source_note(source),
         last_dataset=stages[-1]["dataset"] if stages else "?", best_epoch=metrics.get("best_epoch", "?"),
-        eval_rows=[{"name": k, "value": _fmt(v)} for k, v in finite_metrics(metrics).items()],
+        eval_rows=[{"name": k, "value": _fmt(v) + _ci_text(k, metrics)} for k, v in finite_metrics(metrics).items()],
+        eval_split=metrics.get("split"), eval_images=metrics.get("n_images", "?"),
         in_chans=lin.get("in_chans", 3), image_size=lin.get("image_size", "?"), mean=pcfg.get("mean"),
         std=pcfg.get("std"), label_names=config.get("label_names") or [], citations=_citations(lin, stages))
     return str(card)
 
 
+def _ci_text(key: str, metrics: dict[str, Any]) -> str:
+    lo, hi = metrics.get("auc_ci_low"), metrics.get("auc_ci_high")
+    if key == "auc" and isinstance(lo, float) and isinstance(hi, float):
+        return f" (95% CI {lo:.4f}–{hi:.4f})"
+    return ""
+
+
 def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
-    """metrics.json of the checkpoint, else the last stage's validation metrics in the lineage."""
+    """The test-split evaluation of the last stage's dataset (``medzoo evaluate``) if one was recorded for
+    these weights; else metrics.json of the checkpoint (validation, best epoch); else the last stage's
+    validation metrics in the lineage."""
     import json
 
+    lin = ckpt.lineage
+    stages = lin.get("stages") or []
+    if stages:
+        ev = (lin.get("evaluations") or {}).get(f"{stages[-1]['dataset']}-test") or {}
+        if ev.get("weights_sha256") == lin.get("weights_sha256") and finite_metrics(ev.get("metrics") or {}):
+            return {"split": "test", "n_images": ev.get("n_images"), **ev["metrics"]}
     path = ckpt.path / "metrics.json"
     if path.is_file():
         try:

@@ -151,6 +151,23 @@ def plugins(as_json):
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
 
 
+def _data_roots(items) -> dict[str, str]:
+    """``--data-root [DATASET=]PATH`` values: per-dataset roots; a bare PATH becomes MEDZOO_DATA."""
+    import os
+
+    roots = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if eq:
+            roots[name] = path
+        else:
+            os.environ["MEDZOO_DATA"] = item
+    return roots
+
+
+DATA_ROOT_HELP = "Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable."
+
+
 @cli.command()
 @click.argument("arch")
 @click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,medagg,inbreast "
@@ -166,26 +183,90 @@ def plugins(as_json):
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for convolutional nets.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH",
-              help="Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images and bad rows (reported) instead of failing.")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
           skip_bad):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
-    import os
-
     from .trainer import Runtime, train as run_chain
 
-    roots = {}
-    for item in data_roots:
-        name, eq, path = item.partition("=")
-        if eq:
-            roots[name] = path
-        else:
-            os.environ["MEDZOO_DATA"] = item
+    roots = _data_roots(data_roots)
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
                       num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad)
     run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dataset", help="Dataset to score (default: the last stage's); its classes must match the model's.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the AUC's 95% CI (0: none).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the results to OUT/DATASET-SPLIT/ (default: "
+              "the checkpoint's eval/ folder; only then are they recorded for its model card).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
+    """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
+    from .evaluation import evaluate as run
+
+    result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device, batch_size=batch_size,
+                 bootstrap=bootstrap, seed=seed, out=out)
+    if as_json:
+        from .evaluation import _json_safe
+
+        click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
+                                          "metrics": result.metrics, "out": str(result.out_dir)}), indent=2))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dataset", help="Dataset to score (default: the last stage's).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--right", default=16, show_default=True, help="How many of the least confident right answers to show.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="HTML file (default: "
+              "eval/errors-DATASET-SPLIT.html in the checkpoint).")
+def errors(name, dataset, split, right, data_roots, device, out):
+    """One self-contained HTML page of the images NAME got wrong (and the least confident right ones)."""
+    from .gallery import gallery
+
+    path, wrong, shown = gallery(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
+                                 right=right, out=out)
+    click.echo(f"{wrong} misclassified, {shown} least confident right ones: {path}")
+
+
+@cli.command()
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the grid's 'seeds').")
+@click.option("--out", type=click.Path(file_okay=False), help="Results folder (default: runs/<grid name>).")
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the grid's runtime, else the best available).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
+@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots):
+    """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
+
+    Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
+    from .experiment import parse_seeds, run_grid
+
+    result = run_grid(grid, seeds=parse_seeds(seeds), out=out, data_roots=_data_roots(data_roots), device=device,
+                      precision=precision, num_workers=num_workers)
+    if result["failed"]:
+        raise click.ClickException(f"{result['failed']} of {result['cells']} cells failed (see {result['report']}); "
+                                   "rerun the same command to retry them")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+def report(folder):
+    """(Re)build results.csv, report.md and plots/ of an experiment folder from its finished runs."""
+    from .report import build_report
+
+    click.echo(f"wrote {build_report(folder)}")
 
 
 @cli.command()

@@ -183,6 +183,12 @@ def assign_splits(records: list[Record], fractions: tuple[float, float, float] =
         r.split = which[r.patient or f"image:{r.id}"]
 
 
+def carve_val_split(source: "DataSource") -> None:
+    """A validation set for a dataset that has none: 15% of training, by patient, the same for every seed
+    (the trainer picks best epochs on it; evaluation of --split val scores the same images)."""
+    assign_splits(source.records, (0.85, 0.15, 0.0), seed=0, only=["train"])
+
+
 def split_official(records: list[Record], val_fraction: float = 0.1, seed: int = 0) -> int:
     """Keep a dataset's official test set, and make it leak-free: a patient with any image in the official
     test set has all their images there (official splits of e.g. CBIS-DDSM share patients). The rest is

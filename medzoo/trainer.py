@@ -272,8 +272,7 @@ class StageTrainer:
 
     def _ensure_val_split(self) -> None:
         if not self.source.split("val"):
-            # carve a validation set out of training, by patient, stable across seeds
-            mzdata.assign_splits(self.source.records, (0.85, 0.15, 0.0), seed=0, only=["train"])
+            mzdata.carve_val_split(self.source)
             self.n_train = len(self.source.split("train"))
 
     # -- pieces ----------------------------------------------------------------------------------

@@ -264,6 +264,17 @@ def _features_model(found: Located, state: dict[str, Any] | None, chans: int):
                              pretrained_cfg_overlay=overlay, **kwargs)
 
 
+def transform_config(model, *, train: bool = False) -> mzdata.TransformConfig:
+    """The trainer's TransformConfig for a model from ``medzoo.load`` (also used with image+mask pairs)."""
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" not in pcfg:
+        raise MedzooError("this model has no pretrained_cfg['input_size']; pass a model from medzoo.load")
+    chans, size = int(pcfg["input_size"][0]), int(pcfg["input_size"][-1])
+    return mzdata.TransformConfig(image_size=size, augment="light" if train else "none",
+                                  mean=tuple(pcfg.get("mean", (0.485, 0.456, 0.406))),
+                                  std=tuple(pcfg.get("std", (0.229, 0.224, 0.225))), in_chans=chans)
+
+
 def transforms_for(model, *, train: bool = False):
     """The preprocessing a medzoo model was trained with: the trainer's own transform (a square resize to
     the training size, then normalisation), not timm's resize-and-center-crop, which crops non-square
@@ -275,13 +286,8 @@ def transforms_for(model, *, train: bool = False):
     import numpy as np
     import torch
 
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" not in pcfg:
-        raise MedzooError("this model has no pretrained_cfg['input_size']; pass a model from medzoo.load")
-    chans, size = int(pcfg["input_size"][0]), int(pcfg["input_size"][-1])
-    cfg = mzdata.TransformConfig(image_size=size, augment="light" if train else "none",
-                                 mean=tuple(pcfg.get("mean", (0.485, 0.456, 0.406))),
-                                 std=tuple(pcfg.get("std", (0.229, 0.224, 0.225))), in_chans=chans)
+    cfg = transform_config(model, train=train)
+    chans = cfg.in_chans
     transform = mzdata.build_transform(cfg, train)
 
     def apply(image):

@@ -1,0 +1,128 @@
+"""``medzoo errors NAME --dataset D``: one self-contained HTML page of the test images a model got wrong
+(and the least confident right ones), to look at every mistake by hand.
+
+Each card shows the original image as the dataset stores it, beside the exact tensor the model saw
+(after the cached preprocessing and the evaluation transform, de-normalised for display), with the true
+label, the prediction and its probability. Mistakes come first, most confident first (the most worrying);
+then right answers, least confident first. Images are embedded as base64 PNG, so the file can be mailed
+or archived alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as mzdata, store
+from .registry import MedzooError
+
+THUMB = 224  # longest side of an embedded image, px
+
+
+def _png(img: np.ndarray) -> str:
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    im = Image.fromarray(arr)
+    im.thumbnail((THUMB, THUMB))
+    if max(im.size) < THUMB // 2:  # tiny inputs (32 px) are enlarged without smoothing, to stay readable
+        k = THUMB // 2 // max(im.size)
+        im = im.resize((im.size[0] * k, im.size[1] * k), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _seen(x: torch.Tensor, mean, std) -> np.ndarray:
+    """The model's input tensor (C×H×W, normalised) back to displayable pixels."""
+    c = x.shape[0]
+    m = torch.tensor(list(mean)[:c] if len(mean) >= c else [mean[0]] * c).view(c, 1, 1)
+    s = torch.tensor(list(std)[:c] if len(std) >= c else [std[0]] * c).view(c, 1, 1)
+    if c == 1 and len(mean) == 3:  # grey input from RGB statistics: what build_transform does
+        m, s = torch.tensor(float(np.mean(mean))), torch.tensor(float(np.mean(std)))
+    img = (x * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+    return (img * 255).round().astype(np.uint8)
+
+
+def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_root=None, device: str | None = None,
+            right: int = 16, out: str | Path | None = None, batch_size: int = 64) -> tuple[Path, int, int]:
+    """Write the gallery; returns (path, number of mistakes, number of right answers shown)."""
+    from .cache import CachedSource
+    from .evaluation import eval_dataset, open_for, predict
+    from .trainer import _device
+    from .zoo import load, transform_config
+
+    if right < 0:
+        raise MedzooError("--right must be ≥ 0")
+    dev = _device(device)
+    model = load(name, device=dev)
+    task = model.medzoo_lineage.get("task", "classification")
+    if task != "classification":
+        raise MedzooError(f"the errors gallery is for single-label classification; {model.medzoo_origin} is a {task} "
+                          "model (use `medzoo evaluate` for its metrics)")
+    source, dataset = open_for(model, dataset, split, data_root)
+    preds = predict(model, source, split, device=dev, batch_size=batch_size)
+    predicted = preds.predicted
+    conf = preds.probs.max(1).values
+    wrong = [i for i in range(len(predicted)) if predicted[i] != preds.target[i]]
+    ok = [i for i in range(len(predicted)) if predicted[i] == preds.target[i]]
+    wrong.sort(key=lambda i: -float(conf[i]))
+    ok = sorted(ok, key=lambda i: float(conf[i]))[:right]
+    ds = eval_dataset(model, source, split)
+    cfg = transform_config(model)
+    raw = source.source if isinstance(source, CachedSource) else source  # the original, before preprocessing
+
+    def card(i: int, kind: str) -> str:
+        r = preds.records[i]
+        t, p = int(preds.target[i]), int(predicted[i])
+        seen = _seen(ds[i][0], cfg.mean, cfg.std)
+        original = raw.read(r)
+        e = html.escape
+        return (f'<div class="card {kind}" data-id="{e(r.id)}"><div class="imgs">'
+                f'<figure><img src="data:image/png;base64,{_png(original)}"><figcaption>original</figcaption></figure>'
+                f'<figure><img src="data:image/png;base64,{_png(seen)}"><figcaption>model input '
+                f'{seen.shape[1]}×{seen.shape[0]}</figcaption></figure></div>'
+                f'<p class="id">{e(r.id)}{" · patient " + e(r.patient) if r.patient else ""}</p>'
+                f'<p>true <b>{e(preds.classes[t])}</b> · predicted <b>{e(preds.classes[p])}</b> '
+                f'p={float(conf[i]):.3f}</p><p class="small">p(true class)={float(preds.probs[i, t]):.3f}</p></div>')
+
+    lin = model.medzoo_lineage
+    title = f"{lin.get('name') or name}: {dataset}/{split}"
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p>{len(wrong)} of {len(predicted)} images misclassified (accuracy {1 - len(wrong) / len(predicted):.3f}). "
+            f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "
+            f"tensor, de-normalised. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by medzoo errors.</p>",
+            f'<h2 id="wrong">Misclassified ({len(wrong)}), most confident first</h2><div class="grid">',
+            *[card(i, "wrong") for i in wrong], "</div>",
+            f'<h2 id="right">Right but least confident ({len(ok)})</h2><div class="grid">',
+            *[card(i, "right") for i in ok], "</div>"]
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    local = store.find_local(str(name))
+    default = (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
+    path = Path(out) if out else default / f"errors-{store.slug(dataset)}-{split}.html"
+    store.atomic_write(path, page)
+    return path, len(wrong), len(ok)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:2px solid #ccc;border-radius:6px;padding:8px;width:min(470px,100%)}
+.card.wrong{border-color:#c0392b}.card.right{border-color:#27ae60}
+.imgs{display:flex;gap:6px}figure{margin:0;text-align:center}figcaption{font-size:11px;color:#666}
+img{max-width:224px;image-rendering:pixelated;background:#000}
+p{margin:4px 0;font-size:13px}.id{font-family:monospace}.small{font-size:11px;color:#666}"""
