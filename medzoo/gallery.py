@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data as mzdata, store
+from . import store
 from .registry import MedzooError
 
 THUMB = 224  # longest side of an embedded image, px

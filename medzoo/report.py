@@ -104,7 +104,7 @@ def build_report(out: str | Path) -> Path:
     ok = [r for r in records if r and r["status"] == "ok"]
     failed = [r for r in records if r and r["status"] != "ok"]
     missing = [c for c, r in zip(cells, records) if r is None]
-    lines += [f"Chains (stages before the target): " + "; ".join(
+    lines += ["Chains (stages before the target): " + "; ".join(
                   f"**{k}** = {' → '.join(v) or '–'}" + (" (baseline)" if k == baseline else "")
                   for k, v in grid["chains"].items()) + ".",
               f"Seeds: {', '.join(map(str, grid['seeds']))}. Metrics on the **{grid['split']}** split of each target "

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from medzoo import experiment, report
-from medzoo.registry import ArchSpec, MedzooError, registry
+from medzoo.registry import MedzooError
 
 from conftest import BIN, run_cli
 
@@ -181,10 +181,6 @@ def test_shipped_grids_are_valid():
     light = experiment.load_grid(ROOT / "experiments" / "lightweight_multistage.yaml")
     assert [c.stages for c in experiment.cells(light)][:2] == [["imagenet", "head_ct"], ["imagenet", "chest_xray", "head_ct"]]
     assert light.recipe["chest_xray"] == {"batch_size": 16, "optimizer": "adam", "epochs": 20, "freeze": "top:2"}
-    # the segmentation archs come with issue 5; stand-ins let this test check the rest of the grid until then
-    for name in ("unet_swin_t", "swin_unetr"):
-        if name not in registry().entries["archs"]:
-            registry().add("archs", ArchSpec(name=name, task="segmentation", build=lambda **kw: None), plugin="test")
     design = experiment.load_grid(ROOT / "experiments" / "two_stage_design.yaml")
     assert set(design.chains) == {"none", "imagenet", "medagg", "imagenet_medagg"} and design.baseline == "imagenet"
     per_seed = [c for c in experiment.cells(design) if c.seed == 0]
