@@ -63,12 +63,14 @@ def main() -> None:
             net, opt, xin, bf16 = nets[name]
 
             def run():
+                if name not in first_loss:
+                    torch.manual_seed(0)  # the same drop-path draws (swin_t) for the loss comparison
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = crit(net(xin).float(), y)
                 loss.backward()
                 opt.step()
-                first_loss.setdefault(name, float(loss))
+                first_loss.setdefault(name, loss.item())
             return run
 
         runs = common.alternate({name: step(name) for name in CONFIGS}, args.repeats)
