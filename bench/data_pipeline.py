@@ -110,8 +110,8 @@ def child(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--png", type=int, default=80)
-    ap.add_argument("--dicom", type=int, default=30)
+    ap.add_argument("--png", type=int, default=160)
+    ap.add_argument("--dicom", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
