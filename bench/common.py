@@ -121,6 +121,10 @@ def _meets(value: float, target: str) -> bool:
 
 def fresh_home(prefix: str) -> Path:
     """A throw-away MEDZOO_HOME (store and caches) for this process."""
+    import atexit
+    import shutil
+
     home = Path(tempfile.mkdtemp(prefix=f"medzoo-bench-{prefix}-"))
     os.environ["MEDZOO_HOME"] = str(home)
+    atexit.register(shutil.rmtree, home, True)  # checkpoints and caches: removed when the script ends
     return home
