@@ -197,15 +197,18 @@ class CachedSource(DataSource):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        # preprocessed in parallel, written in order: the cache is the same as a sequential build's
+        prepared = parallel_map(lambda r: _try(self.source.prepare, r, self.cfg), records)
         try:
             images = masks = None
             rows: dict[str, int] = {}
             skipped: list[str] = []
             n = 0
-            for r in tqdm(records, desc=f"caching {self.source.name}", unit="img", leave=False, disable=None):
-                try:
-                    img, mask = self.source.prepare(r, self.cfg)
-                except MedzooError as exc:
+            for r, (out, exc) in tqdm(zip(records, prepared), total=len(records),
+                                      desc=f"caching {self.source.name}", unit="img", leave=False, disable=None):
+                if exc is None:
+                    img, mask = out
+                else:
                     bad_input(r.id, str(exc), "fix the file, or pass --skip-bad to leave it out")
                     skipped.append(f"{r.id}: {exc}")
                     continue
@@ -240,9 +243,57 @@ class CachedSource(DataSource):
                 if not self._valid():
                     raise
         finally:
+            prepared.close()
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         log.info("cached %s: %d images in %s", self.source.name, n, self.path)
+
+
+def _try(fn, *args):
+    """``(fn(*args), None)``, or ``(None, error)`` for a MedzooError (a bad file), to re-raise in order."""
+    try:
+        return fn(*args), None
+    except MedzooError as exc:
+        return None, exc
+
+
+def build_threads() -> int:
+    """Threads for preprocessing images in parallel: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def parallel_map(fn, items, threads: int | None = None):
+    """``map(fn, items)`` in order, on a pool of threads, one image per thread with torch's intra-op
+    parallelism off while it runs: decoding (OpenCV, pydicom's numpy), CLAHE and the resize release the GIL,
+    and one image per core beats torch splitting each small resize over threads (5x slower on a busy 2-core
+    machine, see docs/benchmarks.md). At most 2 items per thread are in flight, so memory stays bounded."""
+    import contextvars
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = threads or build_threads()
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="medzoo-prep") if threads > 1 else None
+    try:
+        if pool is None:
+            yield from map(fn, items)
+            return
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(contextvars.copy_context().run, fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(torch_threads)
 
 
 def truncate_npy(path: Path, n: int) -> None:

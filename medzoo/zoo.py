@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -220,12 +221,19 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_
     chans = stored_chans if in_chans is None else int(in_chans)
     if classes < 0 or chans < 1:
         raise MedzooError(f"num_classes={num_classes}, in_chans={in_chans}: use num_classes >= 0 and in_chans >= 1")
-    state, sha = read_weights(found) if pretrained else (None, None)
+    state, sha = None, None
     if features_only:
+        state, sha = read_weights(found) if pretrained else (None, None)
         model = _features_model(found, state, chans)
     else:
         ref = registry().resolve("archs", lin["arch"])
-        model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.get("image_size"))
+        # hash and read the weights on a thread while the architecture is built (both mostly outside the
+        # GIL): the check costs ~nothing on top of timm's own create_model + load (bench/load.py)
+        with ThreadPoolExecutor(1, thread_name_prefix="medzoo-load") as pool:
+            weights = pool.submit(read_weights, found) if pretrained else None
+            model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.get("image_size"))
+            if weights is not None:
+                state, sha = weights.result()  # raises here on a hash mismatch: nothing was loaded
         if state is not None:
             if classes == stored_classes and chans == stored_chans:
                 model.load_state_dict(state, strict=True)
