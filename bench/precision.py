@@ -21,7 +21,7 @@ CONFIGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (Fals
 
 def medzoo_default(arch: str) -> str:
     from medzoo.registry import registry
-    from medzoo.trainer import Runtime, StageTrainer
+    from medzoo.stage import Runtime, StageTrainer
 
     fake = types.SimpleNamespace(runtime=Runtime(), device=torch.device("cpu"),
                                  arch_ref=registry().resolve("archs", arch))

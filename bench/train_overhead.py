@@ -45,7 +45,7 @@ def main() -> None:
 
     from medzoo import data as mzdata, recipe as mzrecipe, store
     from medzoo.registry import registry
-    from medzoo.trainer import Parent, Runtime, StageTrainer
+    from medzoo.stage import Parent, Runtime, StageTrainer
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -264,7 +264,7 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     ``eval/`` in a local checkpoint, ``$MEDZOO_HOME/evaluations/<name>/`` otherwise) and, for a local
     checkpoint without ``out``, records the metrics in its ``config.json`` for the model card.
     """
-    from .trainer import _device
+    from .stage import _device
     from .zoo import load
 
     dev = _device(device)

@@ -63,7 +63,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     """Write the gallery; returns (path, number of mistakes, number of right answers shown)."""
     from .cache import CachedSource
     from .evaluation import eval_dataset, open_for, predict
-    from .trainer import _device
+    from .stage import _device
     from .zoo import load, transform_config
 
     if right < 0:

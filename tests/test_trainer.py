@@ -159,7 +159,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import torch.distributed as dist
         import medzoo
-        import medzoo.trainer as T
+        import medzoo.stage as T
         from medzoo.models import state_sha256
 
         run = T.StageTrainer.run

@@ -1,0 +1,514 @@
+"""One training stage: build the model for the dataset, take the parent's weights, apply the freeze policy
+each epoch, train, keep the best epoch by the validation metric, save resumable state after every epoch,
+and write the checkpoint. The chain around it is ``medzoo.trainer``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import __version__, data as mzdata, models, store
+from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
+                      segmentation_metrics, write_history)
+from .registry import MedzooError, registry
+
+
+@dataclass
+class Runtime:
+    """How to run, not what to train: none of this changes a stage's identity."""
+
+    device: str | None = None  # auto: cuda > mps > cpu
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool | None = None  # auto: on for convolutional nets
+    compile: bool = False
+    num_workers: int = 0  # on 2 CPU cores workers compete with compute; 0 measured fastest
+    data_roots: dict[str, str] = field(default_factory=dict)
+    force: bool = False
+    skip_bad: bool = False  # leave out unreadable files and rows (counted and listed) instead of failing
+
+
+@dataclass
+class StageResult:
+    name: str
+    path: Path
+    dataset: str
+    reused: bool
+    metric: str
+    best: float | None
+    epochs_run: int
+    seconds: float
+    weights_sha256: str
+
+
+@dataclass
+class Parent:
+    name: str  # prefix of the next stage's name
+    arch: str  # the architecture these weights belong to
+    state: dict[str, torch.Tensor] | None
+    sha256: str
+    label_names: list[str] | None
+    lineage: dict[str, Any]
+    origin: str
+
+
+def log(*args) -> None:
+    if _rank() == 0:
+        print(*args, flush=True)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if _world() > 1:
+        dist.barrier()
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+class StageTrainer:
+    def __init__(self, arch_ref, parent, dataset, source, recipe, runtime, name, key):
+        self.arch_ref, self.parent, self.dataset, self.source = arch_ref, parent, dataset, source
+        self.recipe, self.runtime, self.name, self.key = recipe, runtime, name, key
+        self.task = source.task
+        self.workdir = store.runs_dir() / key[:16]
+        self.device = _device(runtime.device)
+        _seed_everything(recipe["seed"])
+        self.model = models.build(arch_ref, num_classes=len(source.classes), in_chans=recipe["in_chans"],
+                                  img_size=recipe["image_size"])
+        self.transfer = None
+        if parent.state is not None:
+            keep_head = parent.label_names is not None and list(parent.label_names) == list(source.classes)
+            load = arch_ref.spec.load_parent or models.transfer_weights
+            self.transfer = load(self.model, parent.state, keep_head=keep_head, origin=parent.origin)
+        self.policy_name = self._resolve_policy()
+        self.n_train = len(source.split("train"))
+        self._ensure_val_split()
+
+    def _resolve_policy(self) -> str:
+        name = self.recipe["freeze"]
+        ref = registry().resolve("policies", name)
+        if ref.spec.resolve is not None:
+            chosen = ref.spec.resolve(arg=ref.arg, n_train=len(self.source.split("train")), task=self.task)
+            registry().resolve("policies", chosen)
+            return chosen
+        return name
+
+    def _ensure_val_split(self) -> None:
+        if not self.source.split("val"):
+            mzdata.carve_val_split(self.source)
+            self.n_train = len(self.source.split("train"))
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _precision(self) -> tuple[torch.dtype | None, bool]:
+        p = self.runtime.precision
+        if p == "auto":
+            p = "bf16" if self.device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+            if self.device.type == "mps":
+                p = "fp32"
+        if p not in ("bf16", "fp16", "fp32"):
+            raise MedzooError(f"--precision must be bf16, fp16, fp32 or auto, not '{p}'")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
+
+    def _channels_last(self) -> bool:
+        if self.runtime.channels_last is not None:
+            return self.runtime.channels_last
+        fam = f"{self.arch_ref.spec.family} {self.arch_ref.name}".lower()
+        return not any(t in fam for t in ("swin", "vit", "deit", "unetr"))  # measured: no gain for Swin
+
+    def _transform_cfg(self) -> mzdata.TransformConfig:
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        return mzdata.TransformConfig(image_size=self.recipe["image_size"], augment=self.recipe["augment"],
+                                      mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                                      std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                                      in_chans=self.recipe["in_chans"])
+
+    def _loader(self, split: str) -> torch.utils.data.DataLoader:
+        """Built once per stage; ``_reseed(epoch)`` makes each epoch's order depend only on (seed, epoch),
+        which is what lets a resumed run match an uninterrupted one."""
+        train = split == "train"
+        ds = mzdata.TorchDataset(self.source, split, mzdata.build_transform(self._transform_cfg(), train),
+                                 self.recipe["in_chans"])
+        sampler = None
+        if train and self.recipe["balanced_sampling"] and self.task == "classification":
+            counts = np.bincount([r.label for r in ds.records], minlength=len(self.source.classes))
+            weights = [1.0 / counts[r.label] for r in ds.records]
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=self.gen)
+        if _world() > 1:
+            if train:
+                sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
+            else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
+                ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
+        w = self.runtime.num_workers
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+            generator=self.gen if train else None, num_workers=w, pin_memory=self.device.type == "cuda",
+            persistent_workers=w > 0, drop_last=train and len(ds) > self.recipe["batch_size"])
+
+    def _reseed(self, loader, epoch: int) -> None:
+        self.gen.manual_seed(self.recipe["seed"] * 100_003 + epoch)
+        if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+
+    def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
+        r = self.recipe
+        no_decay = set(getattr(self.model, "no_weight_decay", lambda: set())())
+        groups: dict[tuple[float, float], list] = {}
+        for n, p in self.model.named_parameters():
+            wd = 0.0 if p.ndim <= 1 or n in no_decay else r["weight_decay"]
+            groups.setdefault((lr_scales.get(n, 1.0), wd), []).append(p)
+        params = [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s}
+                  for (s, wd), ps in groups.items()]
+        if r["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], nesterov=True)
+        cls = torch.optim.AdamW if r["optimizer"] == "adamw" else torch.optim.Adam
+        return cls(params, lr=r["lr"])
+
+    def _scheduler(self, opt, steps_per_epoch: int):
+        r = self.recipe
+        if r["schedule"] == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min" if self.metric == "loss" else "max",
+                                                              factor=0.5, patience=max(1, r["patience"] // 2))
+        total = max(1, r["epochs"] * steps_per_epoch)
+        warm = r["warmup_epochs"] * steps_per_epoch
+        cosine = r["schedule"] == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def _criterion(self):
+        r, classes = self.recipe, len(self.source.classes)
+        if self.task == "segmentation":
+            return DiceCELoss(self.source.ignore_index, background=self.source.classes[0] == "background")
+        loss = r["loss"] if r["loss"] != "auto" else ("bce" if self.task == "multilabel" else "ce")
+        weight = None
+        if r["class_weights"]:
+            labels = [r_.label for r_ in self.source.split("train")]
+            if self.task == "multilabel":
+                pos = np.asarray(labels, dtype=np.float64).sum(0)
+                weight = torch.tensor((len(labels) - pos) / np.maximum(pos, 1), dtype=torch.float32)
+            else:
+                counts = np.bincount(labels, minlength=classes).astype(np.float64)
+                weight = torch.tensor(counts.sum() / (classes * np.maximum(counts, 1)), dtype=torch.float32)
+        if weight is not None:
+            weight = weight.to(self.device)
+        if loss == "bce":
+            return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+        return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=r["label_smoothing"])
+
+    @property
+    def metric(self) -> str:
+        m = self.recipe["metric"]
+        return ("auc" if self.task in ("classification", "multilabel") else "dice") if m == "auto" else m
+
+    def _apply_policy(self, epoch: int) -> dict[str, float]:
+        ref = registry().resolve("policies", self.policy_name)
+        scales = ref.spec.apply(self.model, arg=ref.arg, epoch=epoch, epochs=self.recipe["epochs"],
+                                n_train=self.n_train) or {}
+        return scales
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> tuple[StageResult, Parent]:
+        r, t0 = self.recipe, time.time()
+        lr_scales = self._apply_policy(0)
+        self.model.to(self.device)
+        cl = self._channels_last()
+        if cl:
+            self.model.to(memory_format=torch.channels_last)
+        amp_dtype, use_scaler = self._precision()
+        opt = self._optimizer(lr_scales)
+        self.gen = torch.Generator()
+        self.train_loader, self.val_loader = self._loader("train"), self._loader("val")
+        steps = math.ceil(len(self.train_loader) / r["grad_accum"])
+        sched = self._scheduler(opt, steps)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        criterion = self._criterion()
+        history: list[dict] = []
+        best = {"metric": self.metric, "value": None, "epoch": None}
+        best_state, bad, start = None, 0, 0
+        resume = self.workdir / "last.safetensors"
+        if resume.is_file():
+            state = store.load_state(resume)
+            if state.get("key") == self.key:
+                self.model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                _set_rng(state["rng"])
+                history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
+                best_state = models.load_safetensors(self.workdir / "best.safetensors")
+                log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
+        if self.transfer is not None and start == 0:
+            log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
+                + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
+        net = torch.compile(self.model) if self.runtime.compile else self.model
+        stopped_early = False
+        for epoch in range(start, r["epochs"]):
+            te = time.time()
+            self._apply_policy(epoch)
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            ddp = net
+            if _world() > 1:
+                ddp = torch.nn.parallel.DistributedDataParallel(
+                    net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            train_loss = self._train_epoch(ddp, opt, sched, scaler, criterion, amp_dtype, cl, epoch)
+            if _world() > 1:  # BatchNorm statistics are per rank; keep every rank's model identical
+                for b in self.model.buffers():
+                    dist.broadcast(b, 0)
+            val = self._validate(net, criterion, amp_dtype, cl)
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(val[self.metric])
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
+                   **{f"val_{k}": v for k, v in val.items()}, "trainable_params": trainable,
+                   "seconds": round(time.time() - te, 2)}
+            history.append(row)
+            value = val[self.metric]
+            improved = best["value"] is None or (value < best["value"] if self.metric == "loss" else value > best["value"])
+            if improved:
+                best = {"metric": self.metric, "value": value, "epoch": epoch + 1, "val": val}
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                bad = 0
+            else:
+                bad += 1
+            log(f"[{self.name}] epoch {epoch + 1}/{r['epochs']}  train_loss {train_loss:.4f}  "
+                f"val_loss {val['loss']:.4f}  val_{self.metric} {value:.4f}{'  *best' if improved else ''}  "
+                f"({row['seconds']:.1f}s)")
+            stopped_early = r["patience"] > 0 and bad >= r["patience"]
+            if _rank() == 0:
+                if improved:
+                    store.save_tensors(self.workdir / "best.safetensors", best_state)
+                store.save_state(resume, {"key": self.key, "epoch": epoch, "model": self.model.state_dict(),
+                                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                          "scaler": scaler.state_dict(), "rng": _get_rng(), "history": history,
+                                          "best": best, "bad": bad})
+            _barrier()
+            if stopped_early:
+                log(f"[{self.name}] early stop: no improvement in {r['patience']} epochs")
+                break
+        self.model.load_state_dict(best_state)
+        seconds = time.time() - t0 + sum(h["seconds"] for h in history[: start])
+        path, sha = self._write(best, history, seconds)
+        result = StageResult(path.name, path, self.dataset, False, self.metric, best["value"], len(history),
+                             seconds, sha)
+        lineage = self._lineage(best, history, seconds, sha)
+        lineage["stages"][-1].update(checkpoint=path.name, weights_sha256=sha)
+        return result, Parent(path.name, self.arch_ref.name, best_state, sha, list(self.source.classes),
+                              {"source": lineage["source"], "stages": lineage["stages"]}, f"checkpoint '{path.name}'")
+
+    def _train_epoch(self, net, opt, sched, scaler, criterion, amp_dtype, channels_last, epoch) -> float:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        models.freeze_frozen_batchnorm(self.model)
+        loader = self.train_loader
+        self._reseed(loader, epoch)
+        accum = self.recipe["grad_accum"]
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"{self.name} {epoch + 1}/{self.recipe['epochs']}", leave=False,
+                   disable=_rank() != 0 or None, dynamic_ncols=True)
+        opt.zero_grad(set_to_none=True)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = criterion(net(x).float(), y)
+            scaler.scale(loss / accum).backward()
+            if (step + 1) % accum == 0 or step + 1 == len(loader):
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                    sched.step()
+            total += loss.item() * len(x)
+            count += len(x)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        stats = torch.tensor([total, count], dtype=torch.float64)
+        if _world() > 1:
+            dist.all_reduce(stats)
+        return float(stats[0] / max(1.0, float(stats[1])))
+
+    @torch.no_grad()
+    def _validate(self, net, criterion, amp_dtype, channels_last) -> dict[str, float]:
+        self.model.eval()
+        if self.task == "segmentation":
+            return self._validate_segmentation(net, criterion, amp_dtype, channels_last)
+        outs, targets = [], []
+        for x, y in self.val_loader:
+            x = x.to(self.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outs.append(net(x).float().cpu())
+            targets.append(y)
+        logits, target = torch.cat(outs), torch.cat(targets)
+        if _world() > 1:
+            parts: list = [None] * _world()
+            dist.all_gather_object(parts, (logits, target))
+            logits, target = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        crit = criterion.cpu() if hasattr(criterion, "cpu") else criterion
+        loss = float(crit(logits, target))
+        if hasattr(criterion, "to"):
+            criterion.to(self.device)
+        return {"loss": loss, **classification_metrics(self.task, logits, target, len(self.source.classes))}
+
+    @torch.no_grad()
+    def _validate_segmentation(self, net, criterion, amp_dtype, channels_last) -> dict[str, float]:
+        # a confusion matrix summed batch by batch: segmentation logits of a whole split would not fit in memory
+        n = len(self.source.classes)
+        cm = torch.zeros(n, n, dtype=torch.long)
+        loss = torch.zeros(2, dtype=torch.float64)
+        for x, y in self.val_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(x).float()
+            loss += torch.tensor([float(criterion(out, y)) * len(x), len(x)], dtype=torch.float64)
+            cm += confusion_matrix(out.cpu(), y.cpu(), n, self.source.ignore_index)
+        if _world() > 1:
+            dist.all_reduce(cm)
+            dist.all_reduce(loss)
+        return {"loss": float(loss[0] / max(1.0, float(loss[1]))),
+                **segmentation_metrics(cm, self.source.classes, self.source.ignore_index)}
+
+    def _lineage(self, best, history, seconds, sha) -> dict[str, Any]:
+        import timm
+
+        spec = registry().resolve("datasets", self.dataset).spec
+        stage = {"dataset": self.dataset, "fingerprint": self.source.fingerprint(), "task": self.task,
+                 "classes": list(self.source.classes), "license": spec.license, "modality": spec.modality,
+                 "recipe": self.recipe, "freeze": self.policy_name, "epochs_run": len(history),
+                 "best": {k: v for k, v in best.items() if k != "val"}, "val_metrics": best.get("val", {}),
+                 "seed": self.recipe["seed"], "parent_sha256": self.parent.sha256,
+                 "transfer": str(self.transfer) if self.transfer else "none (random init)",
+                 "seconds": round(seconds, 1), "n_train": self.n_train,
+                 "runtime": {"device": str(self.device), "precision": self.runtime.precision,
+                             "world_size": _world()},
+                 "versions": {"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__}}
+        return {"name": None, "arch": self.arch_ref.name, "timm_name": models.stock_timm_name(self.arch_ref),
+                "task": self.task, "in_chans": self.recipe["in_chans"], "image_size": self.recipe["image_size"],
+                "source": self.parent.lineage["source"], "stages": self.parent.lineage["stages"] + [stage],
+                "key": self.key, "weights_sha256": sha,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def _write(self, best, history, seconds) -> tuple[Path, str]:
+        """Assemble the checkpoint under a temporary name, then rename it into place (rank 0 only)."""
+        root = store.checkpoints_dir()
+        final_name = self.name
+        existing = store.find_local(self.name)
+        if existing is not None and existing.lineage.get("key") != self.key:
+            final_name = f"{self.name}~{self.key[:8]}"
+            log(f"[{self.name}] a checkpoint of that name with other inputs (recipe, seed, data or parent) "
+                f"exists; this one is stored as '{final_name}'")
+        final = root / final_name
+        sha = ""
+        if _rank() == 0:
+            tmp = store.new_tmp_dir(root, final_name)
+            store.save_tensors(tmp / store.WEIGHTS, self.model.state_dict())
+            sha = models.sha256_file(tmp / store.WEIGHTS)
+            lineage = self._lineage(best, history, seconds, sha)
+            lineage["name"] = final_name
+            lineage["stages"][-1].update(checkpoint=final_name, weights_sha256=sha)
+            config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
+                                 final_name, lineage)
+            (tmp / store.CONFIG).write_text(json.dumps(config, indent=2, default=str))
+            (tmp / "metrics.json").write_text(json.dumps({"split": "val", "best_epoch": best["epoch"],
+                                                          **best.get("val", {})}, indent=2))
+            write_history(history, tmp / "history.csv")
+            plot_history(history, tmp / "learning_curve.png", self.name, self.metric)
+            if self.task == "segmentation":
+                self._plot_predictions(tmp / "predictions.png")
+            old = None
+            if final.exists():  # --force on the same inputs: swap, never leave a half state visible
+                old = root / f".old-{final_name}-{os.getpid()}"
+                os.rename(final, old)
+            store.publish_dir(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _barrier()
+        if not sha:
+            sha = models.sha256_file(final / store.WEIGHTS)
+        log(f"[{final_name}] saved {final}")
+        return final, sha
+
+
+    @torch.no_grad()
+    def _plot_predictions(self, path: Path, n: int = 4) -> None:
+        """Truth and prediction over a few validation images, for a look at what the numbers mean."""
+        self.model.eval()
+        ds = self.val_loader.dataset
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        if not items:
+            return
+        x = torch.stack([i[0] for i in items]).to(self.device)
+        pred = self.model(x).argmax(1).cpu()
+        plot_segmentation([i[0] for i in items], [i[1] for i in items], list(pred), self.source.classes,
+                          self.source.ignore_index, path, self.name)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise MedzooError(f"unknown --device '{name}'; use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise MedzooError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _get_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
