@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The demo's data is synthetic (medzoo's phantom datasets): it runs offline in about two minutes.
+# The demo's data is synthetic (medzoo's phantom datasets): it runs offline in about a minute on two CPU cores once installed.
 # It ends by scoring both chains' last checkpoints on phantom_lesion's test split: with and without the
 # intermediate phantom_agg stage (metrics, plots and predictions land in each checkpoint's eval/ folder).
 demo: $(STAMP)
