@@ -115,6 +115,12 @@ class StageTrainer:
         if not self.source.split("val"):
             mzdata.carve_val_split(self.source)
             self.n_train = len(self.source.split("train"))
+        if not self.source.split("val"):  # else every epoch scores NaN and the "best" one is arbitrary
+            train = self.source.split("train")
+            patients = len({r.patient or r.id for r in train})
+            raise MedzooError(f"'{self.dataset}' has no validation images: its {len(train)} training images come "
+                              f"from {patients} patient(s), too few to hold some out by patient; add data (or "
+                              "give the dataset a val split) before training on it")
 
     # -- pieces ----------------------------------------------------------------------------------
     def _precision(self) -> tuple[torch.dtype | None, bool]:
