@@ -11,7 +11,8 @@ from typing import Any
 from . import store
 from .registry import MedzooError, registry
 
-TEMPLATES = {"classification": "classification.md", "multilabel": "classification.md"}
+TEMPLATES = {"classification": "classification.md", "multilabel": "classification.md",
+             "segmentation": "segmentation.md"}
 PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
                  "segmentation": "image-segmentation"}
 
@@ -25,6 +26,18 @@ ARCH_CITATIONS = {
     "inception": "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016.",
     "convnext": "Liu et al., A ConvNet for the 2020s, CVPR 2022.",
 }
+SEGMENTATION_CITATIONS = {
+    "unet_": "Ronneberger et al., U-Net: Convolutional Networks for Biomedical Image Segmentation, MICCAI 2015.",
+    "swin_unetr": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
+                  "in MRI Images, BrainLes 2021.",
+}
+LIBRARY_CITATIONS = {
+    "segmentation_models_pytorch": "Iakubovskii, Segmentation Models Pytorch, "
+                                   "https://github.com/qubvel-org/segmentation_models.pytorch, 2019.",
+    "monai": "Cardoso et al., MONAI: An open-source framework for deep learning in healthcare, arXiv:2211.02701, 2022.",
+}
+# Hugging Face library ids of the libraries whose Hub layout medzoo publishes in
+HF_LIBRARIES = {"timm": "timm", "segmentation_models_pytorch": "segmentation-models-pytorch"}
 METHOD_CITATIONS = [
     "Wightman, PyTorch Image Models (timm), https://github.com/huggingface/pytorch-image-models, 2019.",
     "Ke et al., CheXtransfer: Performance and Parameter Efficiency of ImageNet Models for Chest X-Ray "
@@ -76,11 +89,30 @@ def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any]):
                           metric_type=k, metric_name=f"{split} {k}", metric_value=round(v, 6))
                for k, v in finite_metrics(metrics).items()]
     extra = {"license_name": re.sub(r"[^a-z0-9]+", "-", licence.lower()).strip("-") or "custom"} if hf == "other" else {}
+    library = library_of(ckpt)
     return ModelCardData(
-        license=hf, library_name="timm", pipeline_tag=pipeline, model_name=ckpt.name,
-        tags=["medical-imaging", "transfer-learning", "medzoo", "timm", pipeline, *modalities],
+        license=hf, library_name=HF_LIBRARIES.get(library), pipeline_tag=pipeline, model_name=ckpt.name,
+        tags=["medical-imaging", "transfer-learning", "medzoo", HF_LIBRARIES.get(library, library), pipeline,
+              *modalities],
         datasets=list(dict.fromkeys(s["dataset"] for s in stages)) or None, base_model=base_model(lin),
         eval_results=results or None, **extra)
+
+
+def library_of(ckpt: store.Checkpoint) -> str:
+    """The library that builds the model: timm for classifiers, else what the checkpoint records."""
+    if (ckpt.lineage.get("task") or "classification") != "segmentation":
+        return "timm"
+    return ckpt.config.get("library") or "unknown"
+
+
+def _init_text(ckpt: store.Checkpoint) -> dict[str, str]:
+    """How a plain user of the model's library builds it (recorded at training time as ``init``)."""
+    init = ckpt.config.get("init") or {}
+    module, _, cls = str(init.get("class", "")).rpartition(".")
+    if not module or not isinstance(init.get("args"), dict):
+        return {}
+    args = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in init["args"].items())
+    return {"init_module": module, "init_class": cls, "init_call": f"{cls}({args})"}
 
 
 def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> str:
@@ -106,6 +138,7 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
     pcfg = config.get("pretrained_cfg") or {}
     licence = store.most_restrictive([s.get("license") or "" for s in stages])
     timm_name = lin.get("timm_name")
+    library = library_of(ckpt)
     template = resources.files("medzoo_model_cards").joinpath(TEMPLATES[task]).read_text()
     card = ModelCard.from_template(
         data, template_str=template, name=ckpt.name, repo_id=repo_id or f"<org>/{ckpt.name}",
@@ -118,7 +151,10 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         eval_rows=[{"name": k, "value": _fmt(v) + _ci_text(k, metrics)} for k, v in finite_metrics(metrics).items()],
         eval_split=metrics.get("split"), eval_images=metrics.get("n_images", "?"),
         in_chans=lin.get("in_chans", 3), image_size=lin.get("image_size", "?"), mean=pcfg.get("mean"),
-        std=pcfg.get("std"), label_names=config.get("label_names") or [], citations=_citations(lin, stages))
+        std=pcfg.get("std"), label_names=config.get("label_names") or [], citations=_citations(ckpt, stages),
+        num_classes=config.get("num_classes", "?"), library=library, library_text=f"built with {library}",
+        lineage_file="medzoo.json" if library == "segmentation_models_pytorch" else "config.json",
+        **_init_text(ckpt))
     return str(card)
 
 
@@ -167,9 +203,13 @@ def _source_note(source: dict[str, Any]) -> str:
     return ""
 
 
-def _citations(lin: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+def _citations(ckpt: store.Checkpoint, stages: list[dict[str, Any]]) -> list[str]:
+    lin = ckpt.lineage
     timm_name = (lin.get("timm_name") or lin.get("arch") or "").lower()
-    out = [c for key, c in ARCH_CITATIONS.items() if key in timm_name][:1]
+    out = [c for key, c in SEGMENTATION_CITATIONS.items() if timm_name.startswith(key)]
+    out += [c for key, c in ARCH_CITATIONS.items() if key in timm_name][:1]
+    if library_of(ckpt) in LIBRARY_CITATIONS:
+        out.append(LIBRARY_CITATIONS[library_of(ckpt)])
     for s in stages:
         spec = registry().entries["datasets"].get(s["dataset"].partition(":")[0])
         if spec is not None and spec.docs:

@@ -279,7 +279,7 @@ def report(folder):
 @click.option("--commit-message", help="Default: 'medzoo: NAME'.")
 @click.option("--allow-no-metrics", is_flag=True, help="Publish a checkpoint that has no evaluation metrics.")
 def publish(name, repo_id, private, dry_run, out, revision, commit_message, allow_no_metrics):
-    """Publish checkpoint NAME to the Hugging Face Hub (timm layout + model card).
+    """Publish checkpoint NAME to the Hugging Face Hub (its library's layout + model card).
 
     Uses huggingface_hub's configuration: HF_TOKEN or `hf auth login`, HF_ENDPOINT."""
     from . import hub
@@ -294,8 +294,9 @@ def publish(name, repo_id, private, dry_run, out, revision, commit_message, allo
                          allow_no_metrics=allow_no_metrics)
     click.echo(f"published {name} to {result.url}")
     click.echo(f"commit {result.commit}  {result.commit_url}")
-    click.echo(f"load it: medzoo.load('hf-hub:{repo_id}@{result.commit}')  or  "
-               f"timm.create_model('hf-hub:{repo_id}', pretrained=True)")
+    plain = {"timm": f"  or  timm.create_model('hf-hub:{repo_id}', pretrained=True)",
+             "smp": f"  or  smp.from_pretrained('{repo_id}')"}.get(result.layout, "")
+    click.echo(f"load it: medzoo.load('hf-hub:{repo_id}@{result.commit}'){plain}")
     click.echo("catalogue entry (for a MEDZOO_CATALOGUE file or medzoo/catalogue.json):")
     click.echo(json.dumps({name: result.catalogue_entry}, indent=2))
 

@@ -1,7 +1,11 @@
-"""Publishing a stage checkpoint to the Hugging Face Hub in timm's layout.
+"""Publishing a stage checkpoint to the Hugging Face Hub in the layout its own library loads.
 
-A published repo holds exactly ``model.safetensors``, ``config.json`` (timm's Hub format, lineage under
-``"medzoo"``) and ``README.md`` (the model card), so plain ``timm.create_model("hf-hub:…")`` loads it.
+- classifiers (timm): ``model.safetensors``, ``config.json`` (timm's Hub format, lineage under
+  ``"medzoo"``) and ``README.md`` (the model card), so plain ``timm.create_model("hf-hub:…")`` loads it;
+- segmentation-models-pytorch models: smp's ``save_pretrained`` layout (its ``config.json`` with
+  ``_model_class``, which ``smp.from_pretrained`` reads), the lineage in ``medzoo.json``, the same
+  ``model.safetensors`` and card; one ``config.json`` cannot serve timm and smp at once;
+- other segmentation models (MONAI's Swin UNETR): medzoo's own checkpoint files, as stored.
 huggingface_hub's usual configuration applies (``HF_TOKEN`` or ``hf auth login``, ``HF_ENDPOINT``);
 medzoo never reads the token itself, so it cannot write it anywhere.
 """
@@ -18,8 +22,9 @@ from typing import Any
 
 from . import cards, models, store
 from .registry import MedzooError
+from .zoo import MEDZOO_JSON
 
-FILES = (store.WEIGHTS, store.CONFIG, "README.md")
+FILES = (store.WEIGHTS, store.CONFIG, "README.md", MEDZOO_JSON)
 
 
 @dataclass
@@ -31,14 +36,16 @@ class PublishResult:
     folder: Path | None  # the dry run's folder
     files: list[str] = field(default_factory=list)
     catalogue_entry: dict[str, Any] = field(default_factory=dict)
+    layout: str = "timm"
+
+
+def layout(ckpt: store.Checkpoint) -> str:
+    """Which library's Hub layout a checkpoint is published in: 'timm', 'smp' or 'medzoo'."""
+    return {"timm": "timm", "segmentation_models_pytorch": "smp"}.get(cards.library_of(ckpt), "medzoo")
 
 
 def check_publishable(ckpt: store.Checkpoint, *, allow_no_metrics: bool = False) -> dict[str, Any]:
     """Refuse what should not be shared; returns the evaluation metrics the card reports."""
-    task = ckpt.lineage.get("task") or "classification"
-    if task == "segmentation":
-        raise MedzooError(f"'{ckpt.name}' is a segmentation checkpoint; publishing in smp's format is not "
-                          "implemented yet (docs/zoo.md); share the local checkpoint directory meanwhile")
     if not (ckpt.config.get("medzoo") or {}).get("weights_sha256"):
         raise MedzooError(f"'{ckpt.name}' records no weights_sha256, so nobody could verify its weights; re-train it")
     sha = models.sha256_file(ckpt.path / store.WEIGHTS)
@@ -54,11 +61,20 @@ def check_publishable(ckpt: store.Checkpoint, *, allow_no_metrics: bool = False)
 
 def write_folder(ckpt: store.Checkpoint, dest: Path, *, repo_id: str | None, metrics: dict[str, Any]) -> list[str]:
     """Write the exact files a publish uploads into the (empty) directory ``dest``."""
+    config = json.dumps(ckpt.config, indent=2, default=str)
+    if layout(ckpt) == "smp":
+        from . import zoo
+
+        # smp writes its own config.json (model class and constructor arguments) from the built model
+        zoo.load(ckpt.path).save_pretrained(dest)
+        (dest / MEDZOO_JSON).write_text(config)
+    else:
+        (dest / store.CONFIG).write_text(config)
+    # our file, not a re-serialisation (also over smp's copy of the same tensors): its bytes are the ones
+    # the lineage's sha256 names; re-check the copy, since this is the file the world will verify
     shutil.copyfile(ckpt.path / store.WEIGHTS, dest / store.WEIGHTS)
-    # re-check the copy: this is the file the world will verify against the recorded hash
     if models.sha256_file(dest / store.WEIGHTS) != ckpt.lineage["weights_sha256"]:
         raise MedzooError(f"copying the weights of '{ckpt.name}' changed them (disk error?); retry")
-    (dest / store.CONFIG).write_text(json.dumps(ckpt.config, indent=2, default=str))
     (dest / "README.md").write_text(cards.render(ckpt, repo_id=repo_id, metrics=metrics))
     return sorted(p.name for p in dest.iterdir())
 
@@ -94,7 +110,7 @@ def dry_run(name: str, out: str | Path | None = None, *, repo_id: str | None = N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PublishResult(repo_id or "", "", None, None, final, files,
-                         catalogue_entry(ckpt, repo_id or f"<org>/{name}", None, metrics))
+                         catalogue_entry(ckpt, repo_id or f"<org>/{name}", None, metrics), layout(ckpt))
 
 
 def publish(name: str, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -118,7 +134,7 @@ def publish(name: str, repo_id: str, *, private: bool = False, revision: str | N
             commit_message=commit_message or f"medzoo: {name}",
             commit_description=f"weights sha256 {ckpt.lineage['weights_sha256']}"), "uploading to", repo_id)
     return PublishResult(repo_id, str(getattr(repo_url, "url", repo_url)), info.oid, info.commit_url, None, files,
-                         catalogue_entry(ckpt, repo_id, info.oid, metrics))
+                         catalogue_entry(ckpt, repo_id, info.oid, metrics), layout(ckpt))
 
 
 def _hub(fn, doing: str, repo_id: str):

@@ -20,6 +20,8 @@ class SourceWeights:
     tag: str  # recorded in the lineage, e.g. 'imagenet:a1_in1k', 'scratch', 'file:<sha256[:12]>'
     sha256: str | None = None
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)
+    # the arch the weights belong to, when not the classifier asked for (published segmentation weights)
+    arch: str | None = None
 
 
 def stock_timm_name(ref: Ref) -> str | None:

@@ -212,10 +212,13 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
     if "img_size" in _fixed_size_args(arch_ref, size):
         model_args["img_size"] = size
     if arch_ref.spec.task == "segmentation":  # not a timm model: medzoo.load builds it from the lineage
-        return {"architecture": arch_ref.name, "library": type(model).__module__.split(".")[0],
-                "num_classes": len(classes), "label_names": list(classes),
-                "pretrained_cfg": {k: pretrained_cfg[k] for k in ("tag", "input_size", "mean", "std", "license")},
-                "medzoo": lineage}
+        config = {"architecture": arch_ref.name, "library": type(model).__module__.split(".")[0],
+                  "num_classes": len(classes), "label_names": list(classes),
+                  "pretrained_cfg": {k: pretrained_cfg[k] for k in ("tag", "input_size", "mean", "std", "license")},
+                  "medzoo": lineage}
+        if getattr(model, "medzoo_init", None):  # how plain users of its library build it (the model card shows it)
+            config["init"] = model.medzoo_init
+        return config
     config = {"architecture": stock_timm_name(arch_ref) or arch_ref.name,
               "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
               "global_pool": getattr(model, "global_pool", None) and "avg", "label_names": list(classes),

@@ -122,13 +122,16 @@ def _start(arch_ref: Ref, first: str, stage_archs: set[str]) -> Parent:
                       {"source": lin.get("source"), "stages": lin.get("stages", [])}, f"checkpoint '{first}'")
     ref = registry().resolve("sources", first)
     weights = ref.spec.load(arch=arch_ref, arg=ref.arg)
+    arch = weights.arch or arch_ref.name
+    if arch not in stage_archs | {arch_ref.name}:
+        raise MedzooError(f"'{first}' holds a {arch}, which no stage of this chain trains; train {arch} from it")
     if weights.state_dict is None:
         sha = "scratch"
     else:
         sha = weights.sha256 or models.state_sha256(weights.state_dict)
-    name = store.slug(arch_ref.name) + store.source_suffix(first, weights.tag)
+    name = store.slug(arch) + store.source_suffix(first, weights.tag)
     source = {"name": first, "tag": weights.tag, "sha256": sha}
-    return Parent(name, arch_ref.name, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
+    return Parent(name, arch, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
 
 
 def load_weights(ckpt: store.Checkpoint) -> tuple[dict[str, torch.Tensor], str]:

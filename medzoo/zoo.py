@@ -22,6 +22,8 @@ from .registry import MedzooError, did_you_mean, registry
 
 HF_PREFIX = "hf-hub:"
 PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+MEDZOO_JSON = "medzoo.json"  # medzoo's config beside another library's config.json (smp's layout)
+SMP_CLASS = "_model_class"  # the key smp's save_pretrained writes into its config.json
 
 
 @dataclass
@@ -117,11 +119,20 @@ def _from_dir(path: Path, origin: str, weights_file: Path | None = None) -> Loca
     if not config_path.is_file():
         raise MedzooError(f"{origin} has no {store.CONFIG} beside the weights, so its architecture is unknown; "
                           "keep the config.json that came with it")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MedzooError(f"{config_path} is not readable JSON ({exc}); re-download or re-export it") from None
+    config = _read_config(config_path, origin)
+    if "medzoo" not in config and SMP_CLASS in config and (path / MEDZOO_JSON).is_file():
+        config = _read_config(path / MEDZOO_JSON, origin)
     return Located(config, weights, origin, _config_sha(config))
+
+
+def _read_config(path: Path, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MedzooError(f"{where}: {path.name} is not readable JSON ({exc}); re-download or re-export it") from None
+    if not isinstance(config, dict):
+        raise MedzooError(f"{where}: {path.name} is not a JSON object; re-download or re-export it")
+    return config
 
 
 def _config_sha(config: dict[str, Any]) -> tuple[str, ...]:
@@ -142,16 +153,16 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
     where = f"{HF_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
     config_path = _hub_call(lambda: hf_hub_download(repo_id, store.CONFIG, revision=revision), where, store.CONFIG)
     commit = Path(config_path).parent.name  # the cache names snapshot folders by commit hash
-    try:
-        config = json.loads(Path(config_path).read_text())
-    except ValueError as exc:
-        raise MedzooError(f"{where}: config.json is not valid JSON ({exc}); fix the repo") from None
+    config = _read_config(Path(config_path), where)
+    if "medzoo" not in config and SMP_CLASS in config:  # smp's layout: medzoo's config.json is medzoo.json
+        path = _hub_call(lambda: hf_hub_download(repo_id, MEDZOO_JSON, revision=commit), where, MEDZOO_JSON)
+        config = _read_config(Path(path), where)
     if "medzoo" not in config:
         raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage); "
                           f"load it with timm.create_model('{HF_PREFIX}{repo_id}', pretrained=True)")
     weights_path = None
     if weights:
-        weights_path = Path(_hub_call(lambda: hf_hub_download(repo_id, store.WEIGHTS, revision=revision),
+        weights_path = Path(_hub_call(lambda: hf_hub_download(repo_id, store.WEIGHTS, revision=commit),
                                       where, store.WEIGHTS))
     return Located(config, weights_path, f"{HF_PREFIX}{repo_id}@{commit}", _config_sha(config))
 
@@ -170,8 +181,9 @@ def _hub_call(fn, where: str, filename: str):
         raise MedzooError(f"{where}: {filename} is not in the Hugging Face cache and the Hub cannot be reached "
                           "(offline?); load it once online, or unset HF_HUB_OFFLINE") from None
     except EntryNotFoundError:
-        hint = (" (medzoo loads only safetensors; a repo with pytorch_model.bin holds pickled weights)"
-                if filename == store.WEIGHTS else "")
+        hint = {store.WEIGHTS: " (medzoo loads only safetensors; a repo with pytorch_model.bin holds pickled weights)",
+                MEDZOO_JSON: " (an smp model that medzoo did not publish: load it with smp.from_pretrained)"
+                }.get(filename, "")
         raise MedzooError(f"{where} has no {filename}{hint}; publish it with `medzoo publish`") from None
     except (HfHubHTTPError, OSError) as exc:
         raise MedzooError(f"{where}: download of {filename} failed ({_first_line(exc)}); retry, or check "

@@ -30,10 +30,14 @@ def build_unet(timm_name: str, *, num_classes: int, in_chans: int = 3, img_size:
 def build_swin_unetr(*, num_classes: int, in_chans: int = 3, img_size: int | None = None, **_):
     from monai.networks.nets import SwinUNETR
 
-    if img_size and img_size % 32:
-        raise MedzooError(f"swin_unetr needs an image size divisible by 32 (patch 2 and four 2× merges), not "
-                          f"{img_size}; set image_size to e.g. {max(32, img_size // 32 * 32)}")
-    model = SwinUNETR(in_channels=in_chans, out_channels=num_classes, spatial_dims=2, **SWIN_T)
+    # patch 2 and four 2× merges need multiples of 32; at 32 the bottleneck is 1×1, which MONAI's
+    # instance norm refuses in training
+    if img_size and (img_size % 32 or img_size < 64):
+        raise MedzooError(f"swin_unetr needs an image size that is a multiple of 32 and at least 64, not "
+                          f"{img_size}; set image_size to e.g. {max(64, img_size // 32 * 32)}")
+    args = dict(in_channels=in_chans, out_channels=num_classes, spatial_dims=2, **SWIN_T)
+    model = SwinUNETR(**args)
+    model.medzoo_init = {"class": "monai.networks.nets.SwinUNETR", "args": args}
     decoder = tuple(f"{n}." for n, _ in model.named_children() if n not in ("swinViT", "out"))
     model.medzoo_group_prefixes = [("swinViT.",), decoder, ("out.",)]
     return model

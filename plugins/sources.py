@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from medzoo import hookimpl
 from medzoo.models import SourceWeights, load_safetensors, sha256_file, stock_timm_name
-from medzoo.registry import MedzooError, WeightSourceSpec, did_you_mean
+from medzoo.registry import MedzooError, WeightSourceSpec, did_you_mean, registry
 
 
 def load_imagenet(*, arch, arg=None) -> SourceWeights:
@@ -61,13 +61,16 @@ def load_hf_hub(*, arch, arg=None) -> SourceWeights:
 
     found = zoo.locate(f"{zoo.HF_PREFIX}{arg}")
     theirs, ours = found.config.get("architecture"), stock_timm_name(arch)
-    if found.lineage.get("arch") != arch.name and (ours is None or theirs != ours):
+    published = registry().entries["archs"].get(found.lineage.get("arch", ""))
+    built_on = published is not None and published.task == "segmentation" and published.classifier == arch.name
+    if found.lineage.get("arch") != arch.name and (ours is None or theirs != ours) and not built_on:
         raise MedzooError(f"'hf-hub:{arg}' holds a {found.lineage.get('arch') or theirs}, not a {arch.name}; "
                           f"train {found.lineage.get('arch') or theirs} from it, or pick a {arch.name} repo")
     state, digest = zoo.read_weights(found)
     commit = found.origin.rpartition("@")[2]
     return SourceWeights(state, tag=f"hf-hub:{arg.partition('@')[0]}@{commit}", sha256=digest,
-                         pretrained_cfg=dict(found.config.get("pretrained_cfg") or {}))
+                         pretrained_cfg=dict(found.config.get("pretrained_cfg") or {}),
+                         arch=published.name if built_on else None)
 
 
 @hookimpl

@@ -170,12 +170,6 @@ def test_failed_publish_leaves_the_checkpoint_intact(ckpt, hub, monkeypatch):
     assert TOKEN not in res.output
 
 
-def test_segmentation_publishing_is_refused_until_supported(ckpt):
-    rewrite_config(ckpt, lambda c: c["medzoo"].update(task="segmentation"))
-    with pytest.raises(MedzooError, match="smp's format is not implemented yet"):
-        mzhub.dry_run(ckpt)
-
-
 def test_cli_dry_run_publish_and_card_never_write_the_token(ckpt, hub, tmp_path):
     env = hub_env(hub, tmp_path)
     out = tmp_path / "dry"
