@@ -169,6 +169,30 @@ def read_csv_rows(path: Path, *, delimiter: str = ",") -> list[dict[str, str]]:
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
 
 
+def read_xls_rows(path: Path) -> list[dict[str, str]]:
+    """The first sheet of a legacy Excel (.xls) file as rows like ``read_csv_rows``'s (xlrd reads .xls).
+
+    Numeric cells come back as floats: a whole number is written without its '.0' (file ids, codes)."""
+    import xlrd
+
+    try:
+        sheet = xlrd.open_workbook(str(path), on_demand=True).sheet_by_index(0)
+    except (OSError, xlrd.XLRDError, xlrd.compdoc.CompDocError, ValueError, IndexError) as exc:
+        raise MedzooError(f"{path}: cannot read the .xls sheet ({type(exc).__name__}: {exc}); check the file, "
+                          "or save its first sheet as CSV") from None
+
+    def text(cell) -> str:
+        v = cell.value
+        if isinstance(v, float):
+            return str(int(v)) if v.is_integer() else repr(v)
+        return str(v).strip()
+
+    if sheet.nrows == 0:
+        return []
+    header = [text(c) for c in sheet.row(0)]
+    return [dict(zip(header, (text(c) for c in sheet.row(i)))) for i in range(1, sheet.nrows)]
+
+
 # -- preprocessing steps ---------------------------------------------------------------------------
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from medzoo import hookimpl
 from medzoo.data import Record, assign_splits, bad_input, data_root, split_official
 from medzoo.registry import DatasetSpec, MedzooError, did_you_mean
 
-from .imaging import FileSource, dicom_header, find_dir, read_csv_rows, read_dicom, recipe
+from .imaging import FileSource, dicom_header, find_dir, read_csv_rows, read_dicom, read_xls_rows, recipe
 
 MAMMO_PREPROCESS = {"size": 512, "channels": 1, "breast_mask": True, "flip_to": "left", "clahe": 1.5}
 MAMMO_RECIPE = recipe(epochs=30, batch_size=16, lr=1e-4, image_size=448, augment="medium", class_weights=True,
@@ -41,12 +41,15 @@ def open_inbreast(*, root=None, arg=None) -> FileSource:
     if not dicoms.is_dir():
         raise MedzooError(f"inbreast: no AllDICOMs/ folder in {base}; see docs/datasets/inbreast.md")
     sheet = base / "INbreast.csv"
-    if not sheet.is_file():
-        hint = ("found INbreast.xls only: save its Sheet1 as INbreast.csv (';'-separated)"
-                if (base / "INbreast.xls").is_file() else "the release ships INbreast.csv beside AllDICOMs/")
-        raise MedzooError(f"inbreast: no {sheet}; {hint} (see docs/datasets/inbreast.md)")
-    rows = {r.get("File Name", "").split(".")[0]: (i, r) for i, r in
-            enumerate(read_csv_rows(sheet, delimiter=";"), start=2)}  # ';' and CRLF, as released
+    if sheet.is_file():
+        table = read_csv_rows(sheet, delimiter=";")  # ';' and CRLF, as released
+    elif (base / "INbreast.xls").is_file():
+        sheet = base / "INbreast.xls"
+        table = read_xls_rows(sheet)
+    else:
+        raise MedzooError(f"inbreast: neither INbreast.csv nor INbreast.xls in {base}; the release ships them "
+                          "beside AllDICOMs/ (see docs/datasets/inbreast.md)")
+    rows = {r.get("File Name", "").split(".")[0]: (i, r) for i, r in enumerate(table, start=2)}
     findings = _inbreast_findings(base / "AllXML")
     if task == "density":
         classes, mapping = ("A", "B", "C", "D"), {"1": 0, "2": 1, "3": 2, "4": 3}

@@ -86,16 +86,28 @@ INBREAST_ROWS = [  # (file id, patient token, side, view, birads, acr)
 ]
 
 
-def make_inbreast(root: Path, rows=INBREAST_ROWS, bad_birads: str | None = None) -> Path:
+def make_inbreast(root: Path, rows=INBREAST_ROWS, bad_birads: str | None = None, sheet: str = "csv") -> Path:
+    """The release's layout; ``sheet="xls"`` writes the metadata as the Excel 97 INbreast.xls instead."""
     base = root / "INbreast Release 1.0"
-    lines = ["Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads"]
+    table = [["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name", "ACR", "Bi-Rads"]]
     for i, (fid, token, side, view, birads, acr) in enumerate(rows):
         # Real headers lack PatientID and view; the sheet says MLO where the file name says ML.
         write_dicom(base / "AllDICOMs" / f"{fid}_{token}_MG_{side}_{view}_ANON.dcm", mammogram(side, seed=i),
                     WindowCenter=20000, WindowWidth=40000)
         value = bad_birads if (bad_birads and i == 0) else birads
-        lines.append(f"removed;removed;{side};{'MLO' if view == 'ML' else view};201001;{fid};{acr};{value}")
-    (base / "INbreast.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+        table.append(["removed", "removed", side, "MLO" if view == "ML" else view, "201001", fid, acr, value])
+    if sheet == "xls":
+        import xlwt
+
+        book = xlwt.Workbook()
+        ws = book.add_sheet("Sheet1")
+        for r, row in enumerate(table):
+            for c, v in enumerate(row):
+                # Excel stores ids, dates and plain BI-RADS digits as numbers, '4a' and blanks as text
+                ws.write(r, c, float(v) if r and v.strip().isdigit() else v)
+        book.save(str(base / "INbreast.xls"))
+    else:
+        (base / "INbreast.csv").write_bytes(("\r\n".join(";".join(r) for r in table) + "\r\n").encode())
     roi = {"Images": [{"ImageIndex": 0, "NumberOfROIs": 2, "ROIs": [
         {"Name": "Mass", "Area": 1.0, "Center": "(1, 2, 0)", "Point_px": ["(10, 12)", "(14, 18)"]},
         {"Name": "Calcification", "Area": 0.1, "Center": "(3, 4, 0)", "Point_px": ["(30, 40)"]}]}]}

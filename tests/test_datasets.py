@@ -31,6 +31,22 @@ def test_inbreast_patient_from_file_name_and_birads_mapping(tmp_path):
     assert src.read(src.records[0]).dtype == np.uint16
 
 
+def test_inbreast_reads_the_released_xls_like_the_csv(tmp_path):
+    g.make_inbreast(tmp_path / "csv")
+    g.make_inbreast(tmp_path / "xls", sheet="xls")
+    assert not (tmp_path / "xls" / "INbreast Release 1.0" / "INbreast.csv").exists()
+    from_csv, from_xls = open_dataset("inbreast", tmp_path / "csv"), open_dataset("inbreast", tmp_path / "xls")
+    assert [(r.id, r.label, r.patient, r.split, r.meta["birads"]) for r in from_xls.records] == \
+        [(r.id, r.label, r.patient, r.split, r.meta["birads"]) for r in from_csv.records]
+    assert len(open_dataset("inbreast:density", tmp_path / "xls").records) == 9  # numeric ACR cells read as '1'…'4'
+    g.make_inbreast(tmp_path / "bad", bad_birads="7", sheet="xls")
+    with pytest.raises(MedzooError, match=r"INbreast.xls:2: unknown Bi-Rads value '7'"):
+        open_dataset("inbreast", tmp_path / "bad")
+    (tmp_path / "bad" / "INbreast Release 1.0" / "INbreast.xls").write_bytes(b"not a spreadsheet")
+    with pytest.raises(MedzooError, match=r"INbreast.xls: cannot read the .xls sheet"):
+        open_dataset("inbreast", tmp_path / "bad")
+
+
 def test_inbreast_unknown_birads_names_the_row(tmp_path):
     g.make_inbreast(tmp_path, bad_birads="7")
     with pytest.raises(MedzooError, match=r"INbreast.csv:2: unknown Bi-Rads value '7'"):
