@@ -181,9 +181,11 @@ def _hub_call(fn, where: str, filename: str):
         raise MedzooError(f"{where}: {filename} is not in the Hugging Face cache and the Hub cannot be reached "
                           "(offline?); load it once online, or unset HF_HUB_OFFLINE") from None
     except EntryNotFoundError:
-        hint = {store.WEIGHTS: " (medzoo loads only safetensors; a repo with pytorch_model.bin holds pickled weights)",
-                MEDZOO_JSON: " (an smp model that medzoo did not publish: load it with smp.from_pretrained)"
-                }.get(filename, "")
+        if filename == MEDZOO_JSON:
+            raise MedzooError(f"{where} is a segmentation-models-pytorch repo without medzoo.json, so not a medzoo "
+                              "model; load it with smp.from_pretrained") from None
+        hint = (" (medzoo loads only safetensors; a repo with pytorch_model.bin holds pickled weights)"
+                if filename == store.WEIGHTS else "")
         raise MedzooError(f"{where} has no {filename}{hint}; publish it with `medzoo publish`") from None
     except (HfHubHTTPError, OSError) as exc:
         raise MedzooError(f"{where}: download of {filename} failed ({_first_line(exc)}); retry, or check "
