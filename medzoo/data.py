@@ -98,12 +98,32 @@ class DataSource:
 
 
 class ArraySource(DataSource):
-    """A data source whose pixels are already in memory (synthetic data, MedMNIST npz)."""
+    """A data source whose pixels are in memory (synthetic data, MedMNIST npz), indexable by
+    ``Record.meta['index']``.
+
+    ``images`` may instead be a picklable function returning ``(images, masks)``, called on the first read:
+    opening the source then draws nothing, and its records and fingerprint are all that deciding to reuse
+    a stored stage needs.
+    """
 
     def __init__(self, name, task, classes, records, images, masks=None, **kw):
         super().__init__(name, task, classes, records, **kw)
-        self.images = images  # indexable by Record.meta['index']
-        self.masks = masks
+        self._draw = images if callable(images) else None
+        self._images, self._masks = (None, None) if self._draw else (images, masks)
+
+    def _pixels(self):
+        if self._draw is not None:  # two threads may both draw: deterministic, so the result is the same
+            self._images, self._masks = self._draw()
+            self._draw = None
+        return self._images, self._masks
+
+    @property
+    def images(self):
+        return self._pixels()[0]
+
+    @property
+    def masks(self):
+        return self._pixels()[1]
 
     def read(self, record):
         return self.images[record.meta["index"]]

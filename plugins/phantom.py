@@ -85,16 +85,18 @@ def draw_lesion(rng, present: bool, size: int = SIZE) -> tuple[np.ndarray, np.nd
     return (np.clip(tissue, 0, 1) * 255).astype(np.uint8), mask
 
 
-def open_agg(root=None, arg=None) -> ArraySource:
+def _agg_pixels() -> tuple[np.ndarray, None]:
     rng = np.random.default_rng(1234)
-    images, records = [], []
-    for c, cls in enumerate(AGG_CLASSES):
-        for i in range(AGG_PER_CLASS):
-            records.append(Record(id=f"{cls}/{i:03d}", label=c, split="train", patient=f"{cls}-p{i // 2:03d}",
-                                  meta={"index": len(images), "modality": cls.split("_")[0]}))
-            images.append(draw_agg(cls, rng))
+    return np.stack([draw_agg(cls, rng) for cls in AGG_CLASSES for _ in range(AGG_PER_CLASS)]), None
+
+
+def open_agg(root=None, arg=None) -> ArraySource:
+    records = [Record(id=f"{cls}/{i:03d}", label=c, split="train", patient=f"{cls}-p{i // 2:03d}",
+                      meta={"index": c * AGG_PER_CLASS + i, "modality": cls.split("_")[0]})
+               for c, cls in enumerate(AGG_CLASSES) for i in range(AGG_PER_CLASS)]
     assign_splits(records, SPLIT_FRACTIONS, seed=0)
-    return ArraySource("phantom_agg", "classification", AGG_CLASSES, records, np.stack(images))
+    # drawn on the first read: a chain that reuses its stored stage never draws them
+    return ArraySource("phantom_agg", "classification", AGG_CLASSES, records, _agg_pixels)
 
 
 def open_lesion(root=None, arg=None, *, task: str = "classification", name: str = "phantom_lesion") -> ArraySource:
