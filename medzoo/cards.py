@@ -152,7 +152,7 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         eval_split=metrics.get("split"), eval_images=metrics.get("n_images", "?"),
         in_chans=lin.get("in_chans", 3), image_size=lin.get("image_size", "?"), mean=pcfg.get("mean"),
         std=pcfg.get("std"), label_names=config.get("label_names") or [], citations=_citations(ckpt, stages),
-        num_classes=config.get("num_classes", "?"), library=library, library_text=f"built with {library}",
+        num_classes=config.get("num_classes", "?"), library=library,
         lineage_file="medzoo.json" if library == "segmentation_models_pytorch" else "config.json",
         **_init_text(ckpt))
     return str(card)
@@ -208,8 +208,9 @@ def _citations(ckpt: store.Checkpoint, stages: list[dict[str, Any]]) -> list[str
     timm_name = (lin.get("timm_name") or lin.get("arch") or "").lower()
     out = [c for key, c in SEGMENTATION_CITATIONS.items() if timm_name.startswith(key)]
     out += [c for key, c in ARCH_CITATIONS.items() if key in timm_name][:1]
-    if library_of(ckpt) in LIBRARY_CITATIONS:
-        out.append(LIBRARY_CITATIONS[library_of(ckpt)])
+    library = library_of(ckpt)
+    if library in LIBRARY_CITATIONS:
+        out.append(LIBRARY_CITATIONS[library])
     for s in stages:
         spec = registry().entries["datasets"].get(s["dataset"].partition(":")[0])
         if spec is not None and spec.docs:

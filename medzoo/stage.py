@@ -88,6 +88,8 @@ class StageTrainer:
         self.arch_ref, self.parent, self.dataset, self.source = arch_ref, parent, dataset, source
         self.recipe, self.runtime, self.name, self.key = recipe, runtime, name, key
         self.task = source.task
+        self._ensure_val_split()  # first: a stage that cannot validate fails before any model is built
+        self.n_train = len(source.split("train"))
         self.workdir = store.runs_dir() / key[:16]
         self.device = _device(runtime.device)
         _seed_everything(recipe["seed"])
@@ -99,14 +101,12 @@ class StageTrainer:
             load = arch_ref.spec.load_parent or models.transfer_weights
             self.transfer = load(self.model, parent.state, keep_head=keep_head, origin=parent.origin)
         self.policy_name = self._resolve_policy()
-        self.n_train = len(source.split("train"))
-        self._ensure_val_split()
 
     def _resolve_policy(self) -> str:
         name = self.recipe["freeze"]
         ref = registry().resolve("policies", name)
         if ref.spec.resolve is not None:
-            chosen = ref.spec.resolve(arg=ref.arg, n_train=len(self.source.split("train")), task=self.task)
+            chosen = ref.spec.resolve(arg=ref.arg, n_train=self.n_train, task=self.task)
             registry().resolve("policies", chosen)
             return chosen
         return name
@@ -114,7 +114,6 @@ class StageTrainer:
     def _ensure_val_split(self) -> None:
         if not self.source.split("val"):
             mzdata.carve_val_split(self.source)
-            self.n_train = len(self.source.split("train"))
         if not self.source.split("val"):  # else every epoch scores NaN and the "best" one is arbitrary
             train = self.source.split("train")
             patients = len({r.patient or r.id for r in train})
