@@ -22,6 +22,13 @@ class SourceWeights:
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)
     # the arch the weights belong to, when not the classifier asked for (published segmentation weights)
     arch: str | None = None
+    # provenance of upstream weights, recorded in the lineage's source and shown on model cards
+    url: str | None = None  # where the file was downloaded from
+    license: str | None = None  # SPDX / Hugging Face licence id of the weights ('unknown' if not known)
+    license_url: str | None = None
+    citation: str | None = None  # BibTeX or a one-line reference of the upstream method
+    method: str | None = None  # upstream pretraining method, e.g. 'MoCo v2', 'iNat2021 supervised'
+    redistributable: bool = True  # False: the weights' terms forbid redistributing derived models
 
 
 def stock_timm_name(ref: Ref) -> str | None:

@@ -131,6 +131,11 @@ def _start(arch_ref: Ref, first: str, stage_archs: set[str]) -> Parent:
         sha = weights.sha256 or models.state_sha256(weights.state_dict)
     name = store.slug(arch) + store.source_suffix(first, weights.tag)
     source = {"name": first, "tag": weights.tag, "sha256": sha}
+    for key in ("url", "license", "license_url", "citation", "method"):
+        if getattr(weights, key):
+            source[key] = getattr(weights, key)
+    if not weights.redistributable:
+        source["redistributable"] = False
     return Parent(name, arch, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
 
 
