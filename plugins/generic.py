@@ -125,13 +125,21 @@ def register_commands(cli):
     @click.argument("name")
     @click.option("--data-root", type=click.Path(), help="Where the dataset is (else MEDZOO_DATA_<NAME> or MEDZOO_DATA).")
     @click.option("--skip-bad", is_flag=True, help="Leave out bad rows and files instead of failing.")
-    def check(name, data_root, skip_bad):
+    @click.option("--verify", is_flag=True,
+                  help="Re-hash every file, even those whose size and mtime are unchanged (cp -p, rsync -a, unzip).")
+    def check(name, data_root, skip_bad, verify):
         """Open a dataset: images per split and class, patients, leakage check, fingerprint."""
         from collections import Counter
 
         from medzoo.data import open_dataset
 
         src = open_dataset(name, data_root, skip_bad=skip_bad)
+        if verify:
+            changed = src.verify()
+            for path in changed:
+                click.echo(f"changed: {path} (same size and mtime, different bytes)")
+            click.echo(f"verified: re-hashed every file; {len(changed)} changed under an unchanged size and mtime"
+                       + ("; the next train sees the new content" if changed else ""))
         click.echo(f"{src.name}: {len(src.records)} images, task {src.task}, fingerprint {src.fingerprint()[:16]}")
         for split in SPLITS:
             rows = src.split(split)

@@ -7,8 +7,6 @@ file-backed datasets.
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -286,22 +284,8 @@ class FileSource(DataSource):
         return read_image(self.path(record), grey=self.grey)
 
     def files(self, record: Record) -> Sequence[Path]:
-        return [self.path(record)]
-
-    def content_token(self) -> str:
-        h = hashlib.sha256()
-        seen = set()
-        for r in self.records:
-            for p in self.files(r):
-                if p in seen:
-                    continue
-                seen.add(p)
-                try:
-                    st = os.stat(p)
-                    h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-                except OSError:
-                    h.update(f"{p}|missing\n".encode())
-        return h.hexdigest()
+        """The files the core hashes for this record's identity (subclasses add masks, ROI files)."""
+        return record.files or [self.path(record)]
 
     def domain_steps(self, img, mask, cfg: PreprocessConfig):
         return preprocess_steps(img, mask, cfg)
