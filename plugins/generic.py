@@ -11,7 +11,7 @@ from medzoo import hookimpl
 from medzoo.data import SPLITS, Record, assign_splits, bad_input, check_leakage
 from medzoo.registry import DatasetSpec, MedzooError
 
-from .imaging import FileSource, dicom_header, is_dicom, list_images, read_csv_rows, recipe
+from .imaging import FileSource, dicom_header, image_names, is_dicom, read_csv_rows, recipe
 
 GENERIC_RECIPE = recipe(preprocess={"size": 256})
 
@@ -36,11 +36,12 @@ def open_imagefolder(*, root=None, arg=None) -> FileSource:
     for split, base in layout:
         for c in classes:
             folder = base / c
-            files = list_images(folder) if folder.is_dir() else []
-            if not files and split in (None, "train"):
+            names = image_names(folder) if folder.is_dir() else []
+            if not names and split in (None, "train"):
                 raise MedzooError(f"imagefolder: class folder {folder} has no images; remove it or add images")
-            for p in files:
-                rel = p.relative_to(top).as_posix()
+            prefix = f"{split}/{c}/" if split else f"{c}/"
+            for name in names:
+                rel = prefix + name
                 records.append(Record(rel, classes.index(c), split or "train", None, meta={"path": rel}))
     if not split_dirs:
         assign_splits(records, seed=0)  # no patient ids: each image is its own patient
