@@ -4,7 +4,7 @@ perceptual hashes within ``DISTANCE`` bits: resized, re-encoded or slightly brig
 
 Hashes are computed once per dataset version and stored: a medagg build writes them as it builds
 (``hashes.npy``, from the original images), any other dataset gets them on first use under
-``$MEDZOO_HOME/cache/hashes/<fingerprint>.npz``.
+``$MEDZOO_HOME/cache/hashes/<pixels key>.npz`` (keyed by the record ids and the files' content).
 """
 
 from __future__ import annotations
@@ -104,13 +104,17 @@ def _hash_home() -> Path:
 def dataset_hashes(source: DataSource) -> Hashes:
     """Every record's hashes: from what the source stores (``stored_hashes()``, a medagg build), else from
     the hash cache of this dataset version, else computed from its pixels once and stored."""
-    raw = getattr(source, "source", source)  # a CachedSource: hash the original pixels, not the resized ones
+    from .cache import CachedSource
+
+    raw = source.source if isinstance(source, CachedSource) else source  # the originals, not the resized
     stored = getattr(raw, "stored_hashes", None)
     if stored is not None:
         found = stored()
         if found is not None:
             return found
-    path = _hash_home() / f"{raw.fingerprint()[:32]}.npz"
+    from .identity import pixels_key
+
+    path = _hash_home() / f"{pixels_key(raw)[:32]}.npz"
     try:
         with np.load(path) as z:
             return Hashes(list(z["ids"]), z["exact"], z["phash"])
@@ -119,7 +123,7 @@ def dataset_hashes(source: DataSource) -> Hashes:
     from .cache import parallel_map
 
     records = sorted(raw.records, key=lambda r: r.id)
-    pairs = list(parallel_map(lambda r: image_hashes(raw.read(r)), records))
+    pairs = list(parallel_map(lambda r: _hash_or_none(raw, r), records))
     out = Hashes([r.id for r in records], np.array([e for e, _ in pairs], HASH_DTYPE).reshape(-1),
                  np.array([p for _, p in pairs], HASH_DTYPE).reshape(-1))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +131,14 @@ def dataset_hashes(source: DataSource) -> Hashes:
     np.savez(tmp, ids=np.array(out.ids, dtype=str), exact=out.exact, phash=out.phash)
     os.replace(tmp, path)
     return out
+
+
+def _hash_or_none(source: DataSource, record) -> tuple[int, int]:
+    """(0, 0) — matching nothing — for an image that cannot be read (left out under --skip-bad)."""
+    try:
+        return image_hashes(source.read(record))
+    except MedzooError:
+        return 0, 0
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -145,9 +157,9 @@ def find_pairs(train: Hashes, held: Hashes, distance: int = DISTANCE) -> list[tu
     ``distance + 1`` bands, so only pairs sharing a band are compared."""
     pairs: dict[int, tuple[int, int]] = {}
     if len(train.ids) and len(held.ids):
-        where = {int(e): i for i, e in enumerate(train.exact)}
+        where = {int(e): i for i, e in enumerate(train.exact) if e}
         for j, e in enumerate(held.exact):
-            if int(e) in where:
+            if e and int(e) in where:
                 pairs[j] = (where[int(e)], 0)
     if distance >= 0 and len(train.ids) and len(held.ids):
         ok_t, ok_h = np.flatnonzero(_informative(train.phash)), np.flatnonzero(_informative(held.phash))
@@ -206,7 +218,9 @@ def check_chain(stages: list[tuple[str, DataSource]], allow: bool = False) -> di
 
 
 def _describe(source: DataSource, record_id: str) -> str:
-    raw = getattr(source, "source", source)
+    from .cache import CachedSource
+
+    raw = source.source if isinstance(source, CachedSource) else source
     rec = next((r for r in raw.records if r.id == record_id), None)
     origin = rec.meta.get("origin") if rec is not None else None
     return f"{record_id} (from {origin})" if origin else record_id
