@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medzoo.cache import PreprocessConfig, fit_pair, to_channels, truncate_npy
+from medzoo.cache import PreprocessConfig, clean_stale_tmp, fit_pair, tmp_folder, to_channels, truncate_npy
 from medzoo.data import DataSource, Record, open_dataset
 from medzoo.overlap import HASH_DTYPE, HashIndex, exact_hash, grey8, phash
 from medzoo.registry import MedzooError
@@ -164,7 +164,8 @@ def build_medagg(cfg: BuildConfig) -> dict:
     plans = [(src, _plan(src, cfg)) for src in sources]
     capacity = sum(n for _, plan in plans for *_, n in plan)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    clean_stale_tmp(out.parent, prefix=f".{out.name}.tmp-")  # only this build's own, of dead processes
+    tmp = tmp_folder(out)
     tmp.mkdir()
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
