@@ -152,15 +152,15 @@ def _informative(ph: np.ndarray) -> np.ndarray:
 
 
 def find_pairs(train: Hashes, held: Hashes, distance: int = DISTANCE) -> list[tuple[str, str, int]]:
-    """``(held id, train id, distance)`` for each held-out image found among the training images (0 =
-    identical pixels). Vectorised band matching: two hashes within ``distance`` bits agree exactly on one of
+    """``(held id, train id, distance)`` for each held-out image found among the training images (distance
+    -1: identical pixels; else the perceptual hashes' Hamming distance). Vectorised band matching: two hashes within ``distance`` bits agree exactly on one of
     ``distance + 1`` bands, so only pairs sharing a band are compared."""
     pairs: dict[int, tuple[int, int]] = {}
     if len(train.ids) and len(held.ids):
         where = {int(e): i for i, e in enumerate(train.exact) if e}
         for j, e in enumerate(held.exact):
             if e and int(e) in where:
-                pairs[j] = (where[int(e)], 0)
+                pairs[j] = (where[int(e)], -1)
     if distance >= 0 and len(train.ids) and len(held.ids):
         ok_t, ok_h = np.flatnonzero(_informative(train.phash)), np.flatnonzero(_informative(held.phash))
         tp, hp = train.phash[ok_t], held.phash[ok_h]
@@ -202,8 +202,8 @@ def check_chain(stages: list[tuple[str, DataSource]], allow: bool = False) -> di
             train = hashes[s].take({r.id for r in src.records if r.split == "train"})
             pairs = find_pairs(train, held)
             total += len(pairs)
-            examples += [f"{name}:{h} ~ {earlier}:{_describe(src, tr)}" + (" (identical)" if d == 0 else
-                                                                            f" (distance {d})")
+            examples += [f"{name}:{h} ~ {earlier}:{_describe(src, tr)}" + (" (identical pixels)" if d < 0 else
+                                                                            f" (hash distance {d})")
                          for h, tr, d in pairs[:5]]
         if not total:
             continue
