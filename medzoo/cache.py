@@ -2,9 +2,11 @@
 runs once per dataset and configuration into memory-mapped ``.npy`` files under ``$MEDZOO_HOME/cache``,
 so later epochs and later stages pay only for augmentation.
 
-A cache is keyed by the configuration, the dataset's fingerprint (ids, labels, splits), its content token
-(file sizes and times) and the preprocessing code's version: any change gives a new key, so a stale cache
-is never read. It is written into a temporary folder and renamed into place when complete.
+A cache is keyed by the configuration, the dataset's fingerprint (its records and the content of their files,
+``medzoo.identity``), whether bad files may be left out (--skip-bad) and the preprocessing code's version:
+any change gives a new key, so a stale cache is never read. It is written into a temporary folder
+``.<name>.tmp-<pid>-<random>`` and renamed into place when complete; the temporary folder of a build whose
+process died (kill -9, power loss) is removed by the next build.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .data import DataSource, Record, bad_input, log
+from .data import DataSource, Record, bad_input, log, skipping
 from .registry import MedzooError, did_you_mean
 from .store import home as store_home
 
@@ -139,11 +142,53 @@ def fit_pair(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig, *,
 
 # -- the cache -----------------------------------------------------------------------------------
 
-def cache_key(source: DataSource, cfg: PreprocessConfig) -> str:
+def cache_key(source: DataSource, cfg: PreprocessConfig, skip_bad: bool = False) -> str:
+    # skip_bad is part of the key: a cache that left out unreadable files must never serve a run that
+    # would have refused them, nor the reverse
     blob = json.dumps({"version": CACHE_VERSION, "config": cfg.to_dict(), "fingerprint": source.fingerprint(),
-                       "content": source.content_token(), "reader": type(source).__qualname__,
+                       "skip_bad": bool(skip_bad), "reader": type(source).__qualname__,
                        "reader_version": getattr(source, "preprocess_version", 0)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# `.<name>.tmp-<pid>-<8 hex>`: the temporary folders medzoo's builds write (cache, medmnist unpack, medagg)
+TMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def tmp_folder(final: Path) -> Path:
+    return final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: Path, prefix: str = ".") -> list[Path]:
+    """Remove the temporary build folders in ``folder`` (named by ``tmp_folder``, starting with ``prefix``)
+    whose process is dead: what a killed build left. A live build's folder, and anything medzoo did not
+    name, are left alone. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = TMP_PATTERN.match(entry.name)
+        if not m or not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.info("removed %s, left by a build (pid %d) that did not finish", entry.path, pid)
+        removed.append(Path(entry.path))
+    return removed
 
 
 class CachedSource(DataSource):
@@ -152,7 +197,8 @@ class CachedSource(DataSource):
 
     def __init__(self, source: DataSource, cfg: PreprocessConfig, *, home: Path | None = None):
         self.source, self.cfg = source, cfg
-        self.key = cache_key(source, cfg)
+        self.skip_bad = skipping()
+        self.key = cache_key(source, cfg, self.skip_bad)
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name)[:60]
         self.path = (home or cache_home()) / f"{slug}-{self.key[:24]}"
         if not self._valid():
@@ -185,7 +231,16 @@ class CachedSource(DataSource):
         return self.masks[self._rows[record.id]]
 
     def fingerprint(self) -> str:
-        return self.source.fingerprint()
+        """What training reads: the raw data's identity, the preprocessing, and the images the build left
+        out under --skip-bad."""
+        blob = json.dumps({"data": self.source.fingerprint(), "preprocess": self.cfg.to_dict(),
+                           "reader_version": getattr(self.source, "preprocess_version", 0),
+                           "skipped": sorted(self.meta.get("skipped", []))},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def verify(self) -> list[str]:
+        return self.source.verify()
 
     def prepare(self, record: Record, cfg) -> tuple[np.ndarray, np.ndarray | None]:
         raise MedzooError("a cached dataset is already preprocessed; open the dataset without preprocess=")
@@ -195,7 +250,8 @@ class CachedSource(DataSource):
 
         records = self.source.records
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        clean_stale_tmp(self.path.parent)
+        tmp = tmp_folder(self.path)
         tmp.mkdir()
         # preprocessed in parallel, written in order: the cache is the same as a sequential build's
         prepared = parallel_map(lambda r: _try(self.source.prepare, r, self.cfg), records)

@@ -185,14 +185,18 @@ DATA_ROOT_HELP = "Where a dataset's files are; a bare PATH holds one folder per 
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images and bad rows (reported) instead of failing.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Train although a stage's val/test images appear in an earlier stage's training data "
+                   "(recorded in the lineage).")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
-          skip_bad):
+          skip_bad, allow_overlap):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
     from .trainer import Runtime, train as run_chain
 
     roots = _data_roots(data_roots)
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
-                      num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad)
+                      num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad,
+                      allow_overlap=allow_overlap)
     run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
 
 

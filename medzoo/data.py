@@ -8,8 +8,6 @@ channel adaptation, resizing, augmentation, normalisation — is the same for ev
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
@@ -41,19 +39,30 @@ class Record:
     patient: str | None = None  # patient / slide id: splits never share one
     mask: Any = None  # segmentation: what ``DataSource.read_mask`` needs
     meta: dict[str, Any] = field(default_factory=dict)
+    files: Sequence[str | Path] = ()  # the files its pixels (and mask) are read from: the core hashes them
 
 
 class DataSource:
-    """What a dataset plugin hands the trainer. Subclass and implement ``read`` (and ``read_mask``)."""
+    """What a dataset plugin hands the trainer. Subclass and implement ``read`` (and ``read_mask``).
+
+    Identity: declare where the pixels come from — ``Record.files`` per image and/or ``source_files``
+    (files every record is read from: an npz, an image store and its manifest) — or, for pixels drawn by
+    code, ``generated`` (the generator, its version and seed). The core hashes what is declared
+    (``medzoo.identity``); a source that declares nothing is identified by reading all its pixels.
+    """
 
     def __init__(self, name: str, task: str, classes: Sequence[str], records: list[Record], *,
-                 ignore_index: int | None = None, meta: dict[str, Any] | None = None):
+                 ignore_index: int | None = None, meta: dict[str, Any] | None = None,
+                 source_files: Sequence[str | Path] = (), generated: str | None = None):
         self.name = name
         self.task = task
         self.classes = list(classes)
         self.records = records
         self.ignore_index = ignore_index  # segmentation: mask value that is not a class (loss and metrics skip it)
         self.meta = meta or {}
+        self.source_files = list(source_files)
+        self.generated = generated
+        self._content: dict | None = None
 
     def read(self, record: Record) -> np.ndarray:
         """Pixels as H×W (grey) or H×W×3 (RGB): uint8, uint16 or float32 in [0, 1]."""
@@ -84,17 +93,29 @@ class DataSource:
                               f"{', '.join(asked)}; leave them out of its preprocess config")
         return img, mask
 
-    def content_token(self) -> str:
-        """Something that changes when the pixels change under unchanged ids (file sizes and times);
-        part of the cache key so a cache is never used for data that changed under it."""
-        return ""
+    def files(self, record: Record) -> Sequence[str | Path]:
+        """The files ``record``'s pixels (and mask) are read from; by default ``record.files``."""
+        return record.files
 
     def fingerprint(self) -> str:
-        """sha256 of what the data *is* (ids, labels, splits, patients, classes) — not where it lives."""
-        rows = [[r.id, r.label, r.split, r.patient] for r in sorted(self.records, key=lambda r: r.id)]
-        blob = json.dumps({"name": self.name, "task": self.task, "classes": self.classes, "rows": rows},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """sha256 of what the data *is*: records (ids, labels, splits, patients), classes, rows left out by
+        --skip-bad and the content of every declared file — not where it lives. Files are hashed once per
+        source (and, across runs, only when their size, mtime or inode changed)."""
+        from . import identity
+
+        if self._content is None:
+            self._content = identity.content(self)
+        return identity.fingerprint(self, self._content)
+
+    def verify(self) -> list[str]:
+        """Re-hash every declared file whatever its cached stat says; returns the files whose bytes
+        changed under an unchanged size and mtime (the next fingerprint, here and in later runs, uses the
+        new digests)."""
+        from . import identity
+
+        changed: list[str] = []
+        self._content = identity.content(self, verify=True, changed=changed)
+        return changed
 
 
 class ArraySource(DataSource):
@@ -148,6 +169,11 @@ def skipping_bad(enabled: bool = True):
         yield _SKIPPED.get()
     finally:
         _SKIPPED.reset(token)
+
+
+def skipping() -> bool:
+    """Whether bad input is being left out (inside ``skipping_bad(True)``)."""
+    return _SKIPPED.get() is not None
 
 
 def bad_input(where: str | Path, problem: str, fix: str = "fix or remove it, or pass --skip-bad") -> None:

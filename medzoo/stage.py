@@ -37,6 +37,7 @@ class Runtime:
     data_roots: dict[str, str] = field(default_factory=dict)
     force: bool = False
     skip_bad: bool = False  # leave out unreadable files and rows (counted and listed) instead of failing
+    allow_overlap: bool = False  # train although val/test images appear in an earlier stage's training data
 
 
 @dataclass
@@ -84,6 +85,8 @@ def _barrier() -> None:
 # -- the stage ------------------------------------------------------------------------------------
 
 class StageTrainer:
+    overlap: dict | None = None  # {"allowed", "pairs", "examples"}: set by the chain when --allow-overlap was needed
+
     def __init__(self, arch_ref, parent, dataset, source, recipe, runtime, name, key):
         self.arch_ref, self.parent, self.dataset, self.source = arch_ref, parent, dataset, source
         self.recipe, self.runtime, self.name, self.key = recipe, runtime, name, key
@@ -414,6 +417,8 @@ class StageTrainer:
                  "runtime": {"device": str(self.device), "precision": self.runtime.precision,
                              "world_size": _world()},
                  "versions": {"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__}}
+        if self.overlap:  # held-out images found in earlier training data, trained anyway (--allow-overlap)
+            stage["overlap"] = self.overlap
         return {"name": None, "arch": self.arch_ref.name, "timm_name": models.stock_timm_name(self.arch_ref),
                 "task": self.task, "in_chans": self.recipe["in_chans"], "image_size": self.recipe["image_size"],
                 "source": self.parent.lineage["source"], "stages": self.parent.lineage["stages"] + [stage],

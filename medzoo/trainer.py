@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from . import data as mzdata, models, recipe as mzrecipe, store
+from .overlap import check_chain
 from .registry import MedzooError, Ref, registry
 from .stage import Parent, Runtime, StageResult, StageTrainer, log  # noqa: F401 — StageTrainer re-exported
 
@@ -62,11 +63,15 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
                                                skip_bad=runtime.skip_bad)
     source_of = [sources[(d, json.dumps(r["preprocess"], sort_keys=True))] for d, r in zip(datasets, recipes)]
     stage_archs = [arch_for_task(arch_ref, src.task, d) for d, src in zip(datasets, source_of)]
+    for src in source_of:  # the validation split each stage will carve, so the overlap check sees it
+        if not src.split("val"):
+            mzdata.carve_val_split(src)
+    overlaps = check_chain(list(zip(datasets, source_of)), allow=runtime.allow_overlap)
     _init_distributed()
     parent = _start(classifier_of(arch_ref), first, {a.name for a in stage_archs})
     results = []
-    for dataset, recipe, source, stage_arch in zip(datasets, recipes, source_of, stage_archs):
-        result, parent = _run_stage(stage_arch, parent, dataset, source, recipe, runtime)
+    for i, (dataset, recipe, source, stage_arch) in enumerate(zip(datasets, recipes, source_of, stage_archs)):
+        result, parent = _run_stage(stage_arch, parent, dataset, source, recipe, runtime, overlaps.get(i))
         results.append(result)
     _summary(results)
     return results
@@ -167,7 +172,7 @@ def _reusable(name: str, key: str) -> store.Checkpoint | None:
 # -- one stage ----------------------------------------------------------------------------------
 
 def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataSource, recipe: dict,
-               runtime: Runtime) -> tuple[StageResult, Parent]:
+               runtime: Runtime, overlap: dict | None = None) -> tuple[StageResult, Parent]:
     name = store.stage_name(parent.name, dataset)
     if arch_ref.name != parent.arch:  # classifier → segmentation: the name says which model it now is
         name = store.stage_name(store.rename_arch(parent.name, parent.arch, arch_ref.name), dataset)
@@ -184,6 +189,7 @@ def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataS
         return result, Parent(found.name, arch_ref.name, state, sha, found.config.get("label_names"),
                               {"source": lin["source"], "stages": lin["stages"]}, f"checkpoint '{found.name}'")
     trainer = StageTrainer(arch_ref, parent, dataset, source, recipe, runtime, name, key)
+    trainer.overlap = overlap
     return trainer.run()
 
 

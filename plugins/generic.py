@@ -11,7 +11,7 @@ from medzoo import hookimpl
 from medzoo.data import SPLITS, Record, assign_splits, bad_input, check_leakage
 from medzoo.registry import DatasetSpec, MedzooError
 
-from .imaging import FileSource, dicom_header, is_dicom, list_images, read_csv_rows, recipe
+from .imaging import FileSource, dicom_header, image_names, is_dicom, read_csv_rows, recipe
 
 GENERIC_RECIPE = recipe(preprocess={"size": 256})
 
@@ -36,11 +36,12 @@ def open_imagefolder(*, root=None, arg=None) -> FileSource:
     for split, base in layout:
         for c in classes:
             folder = base / c
-            files = list_images(folder) if folder.is_dir() else []
-            if not files and split in (None, "train"):
+            names = image_names(folder) if folder.is_dir() else []
+            if not names and split in (None, "train"):
                 raise MedzooError(f"imagefolder: class folder {folder} has no images; remove it or add images")
-            for p in files:
-                rel = p.relative_to(top).as_posix()
+            prefix = f"{split}/{c}/" if split else f"{c}/"
+            for name in names:
+                rel = prefix + name
                 records.append(Record(rel, classes.index(c), split or "train", None, meta={"path": rel}))
     if not split_dirs:
         assign_splits(records, seed=0)  # no patient ids: each image is its own patient
@@ -125,13 +126,21 @@ def register_commands(cli):
     @click.argument("name")
     @click.option("--data-root", type=click.Path(), help="Where the dataset is (else MEDZOO_DATA_<NAME> or MEDZOO_DATA).")
     @click.option("--skip-bad", is_flag=True, help="Leave out bad rows and files instead of failing.")
-    def check(name, data_root, skip_bad):
+    @click.option("--verify", is_flag=True,
+                  help="Re-hash every file, even those whose size and mtime are unchanged (cp -p, rsync -a, unzip).")
+    def check(name, data_root, skip_bad, verify):
         """Open a dataset: images per split and class, patients, leakage check, fingerprint."""
         from collections import Counter
 
         from medzoo.data import open_dataset
 
         src = open_dataset(name, data_root, skip_bad=skip_bad)
+        if verify:
+            changed = src.verify()
+            for path in changed:
+                click.echo(f"changed: {path} (same size and mtime, different bytes)")
+            click.echo(f"verified: re-hashed every file; {len(changed)} changed under an unchanged size and mtime"
+                       + ("; the next train sees the new content" if changed else ""))
         click.echo(f"{src.name}: {len(src.records)} images, task {src.task}, fingerprint {src.fingerprint()[:16]}")
         for split in SPLITS:
             rows = src.split(split)

@@ -7,7 +7,6 @@ file-backed datasets.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -151,11 +150,24 @@ def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
     return img
 
 
+def image_names(folder: str | Path) -> list[str]:
+    """Names of the image files directly in ``folder``, sorted; AppleDouble ``._*`` and hidden files are not
+    images. Strings from one directory scan (no stat per file, no pathlib): opening a 10k-image dataset
+    then costs less than identifying its content (docs/benchmarks.md, figure 8)."""
+    names = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith(".") or not e.is_file():
+                continue
+            suffix = os.path.splitext(e.name)[1].lower()
+            if suffix in IMAGE_SUFFIXES or (not suffix and is_dicom(e.path)):
+                names.append(e.name)
+    return sorted(names)
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted; AppleDouble ``._*`` and hidden files are not images."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and
-                  (p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and is_dicom(p))))
+    """Image files directly in ``folder`` as paths, sorted (see ``image_names``)."""
+    return [folder / n for n in image_names(folder)]
 
 
 def read_csv_rows(path: Path, *, delimiter: str = ",") -> list[dict[str, str]]:
@@ -276,6 +288,7 @@ class FileSource(DataSource):
     def __init__(self, name, task, classes, records, *, root: Path, grey: bool = False, **kw):
         super().__init__(name, task, classes, records, **kw)
         self.root = Path(root)
+        self._root = os.fspath(self.root)
         self.grey = grey
         self.meta.setdefault("channels", 1 if grey else None)
 
@@ -285,23 +298,10 @@ class FileSource(DataSource):
     def read(self, record: Record) -> np.ndarray:
         return read_image(self.path(record), grey=self.grey)
 
-    def files(self, record: Record) -> Sequence[Path]:
-        return [self.path(record)]
-
-    def content_token(self) -> str:
-        h = hashlib.sha256()
-        seen = set()
-        for r in self.records:
-            for p in self.files(r):
-                if p in seen:
-                    continue
-                seen.add(p)
-                try:
-                    st = os.stat(p)
-                    h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-                except OSError:
-                    h.update(f"{p}|missing\n".encode())
-        return h.hexdigest()
+    def files(self, record: Record) -> Sequence[str | Path]:
+        """The files the core hashes for this record's identity (subclasses add masks, ROI files).
+        A plain string join: pathlib would cost more than the stat of an unchanged file."""
+        return record.files or [os.path.join(self._root, record.meta["path"])]
 
     def domain_steps(self, img, mask, cfg: PreprocessConfig):
         return preprocess_steps(img, mask, cfg)

@@ -39,6 +39,19 @@ class MedaggSource(ArraySource):
         img = self.images[record.meta["index"]]
         return augment_copy(np.asarray(img), record.meta["ref"], record.meta["copy"]) if record.meta["copy"] else img
 
+    def stored_hashes(self):
+        """The hashes of the original images, written by the build (None for a build older than them)."""
+        from medzoo.overlap import Hashes
+
+        path = Path(self.meta["build"]) / "hashes.npy"
+        if not path.is_file():
+            return None
+        table = np.load(path)
+        rows = np.array([r.meta["index"] for r in self.records], dtype=np.int64)
+        if len(table) != len(self.images) or (len(rows) and rows.max() >= len(table)):
+            return None
+        return Hashes([r.id for r in self.records], table[rows, 0], table[rows, 1])
+
 
 def open_medagg(*, root=None, arg=None) -> MedaggSource:
     folder = data_root("medagg", root)
@@ -66,8 +79,9 @@ def open_medagg(*, root=None, arg=None) -> MedaggSource:
         records.append(Record(f"{r['ref']}~{r['copy']}", index[r[column]], r["split"], r["patient"] or None,
                               meta={"index": int(row), "ref": r["ref"], "copy": int(r["copy"]),
                                     "source": r["source"], "origin": r["origin"]}))
+    # a rebuild into the same folder changes the manifest and the image store: a new identity
     return MedaggSource("medagg", "classification", classes, records, images,
-                        meta={"channels": info["channels"], "modality": "various", "body_part": "various",
+                        source_files=[manifest, info_file, folder / "images.npy"], meta={"channels": info["channels"], "modality": "various", "body_part": "various",
                               "build": str(folder)})
 
 

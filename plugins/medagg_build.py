@@ -7,7 +7,6 @@ quality and duplicates, with a manifest and a datasheet. The images are material
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -21,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medzoo.cache import PreprocessConfig, fit_pair, to_channels, truncate_npy
+from medzoo.cache import PreprocessConfig, clean_stale_tmp, fit_pair, tmp_folder, to_channels, truncate_npy
 from medzoo.data import DataSource, Record, open_dataset
+from medzoo.overlap import HASH_DTYPE, HashIndex, exact_hash, grey8, phash
 from medzoo.registry import MedzooError
-
-from .imaging import to_uint8
 
 log = logging.getLogger("medzoo.medagg")
 
@@ -85,42 +83,6 @@ def waterfill(available: dict[str, int], class_cap: int | None, total_cap: int |
     for i, c in enumerate(sorted(todo)):  # the remainder goes to the first classes by name: deterministic
         out[c] = left // len(todo) + (1 if i < left % len(todo) else 0)
     return out
-
-
-class HashIndex:
-    """Near-duplicate lookup for 64-bit perceptual hashes: with distance d, two hashes within d differ in
-    at most d of d+1 disjoint bit bands, so they share one band exactly (pigeonhole) — a dict probe per band
-    instead of a scan of every accepted image."""
-
-    def __init__(self, distance: int):
-        self.distance = distance
-        self.bands = max(1, distance + 1)
-        self.width = -(-64 // self.bands)
-        self.tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in range(self.bands)]
-        self.hashes: list[int] = []
-
-    def _keys(self, h: int):
-        mask = (1 << self.width) - 1
-        return [(h >> (i * self.width)) & mask for i in range(self.bands)]
-
-    def near(self, h: int) -> int | None:
-        for table, key in zip(self.tables, self._keys(h)):
-            for j in table.get(key, ()):
-                if (self.hashes[j] ^ h).bit_count() <= self.distance:
-                    return j
-        return None
-
-    def add(self, h: int) -> None:
-        for table, key in zip(self.tables, self._keys(h)):
-            table[key].append(len(self.hashes))
-        self.hashes.append(h)
-
-
-def phash(grey8: np.ndarray) -> int:
-    import imagehash
-    from PIL import Image
-
-    return int(str(imagehash.phash(Image.fromarray(grey8))), 16)
 
 
 @dataclass
@@ -202,7 +164,8 @@ def build_medagg(cfg: BuildConfig) -> dict:
     plans = [(src, _plan(src, cfg)) for src in sources]
     capacity = sum(n for _, plan in plans for *_, n in plan)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    clean_stale_tmp(out.parent, prefix=f".{out.name}.tmp-")  # only this build's own, of dead processes
+    tmp = tmp_folder(out)
     tmp.mkdir()
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
@@ -213,35 +176,39 @@ def build_medagg(cfg: BuildConfig) -> dict:
         for src in sources:
             if src.data.meta.get("skipped"):
                 dropped[(src.key, "bad row or file")] += len(src.data.meta["skipped"])
-        exact: dict[str, int] = {}
+        exact: dict[int, int] = {}
         n = 0
         near = HashIndex(cfg.hash_distance) if cfg.hash_distance >= 0 else None
-        for src, plan in plans:
-            for split, cls, records, quota in tqdm(plan, desc=f"medagg {src.key}", unit="group", leave=False,
-                                                   disable=None):
-                taken = 0
-                for r in records:
-                    if taken >= quota:
-                        break
-                    try:
-                        img = src.data.read(r)
-                    except MedzooError as exc:
-                        if not cfg.skip_bad:
-                            raise
-                        bad.append(f"{src.name}:{r.id}: {exc}")
-                        dropped[(src.key, "unreadable")] += 1
-                        continue
-                    reason = _quality(img, cfg, exact, near)
-                    if reason:
-                        dropped[(src.key, reason)] += 1
-                        continue
-                    images[n] = to_channels(fit_pair(img, None, pcfg)[0], cfg.channels).reshape(images.shape[1:])
-                    rows.append({"ref": f"images.npy#{n}", "source": src.key, "origin": f"{src.name}#{r.id}",
-                                 "modality": src.modality, "body_part": src.body_part, "label": cls,
-                                 "patient": f"{src.key}/{r.patient}" if r.patient else "", "split": split,
-                                 "copy": 0})
-                    n, taken = n + 1, taken + 1
-                    src.kept[split] += 1
+        hashes: list[tuple[int, int]] = []
+        # every source's test images first, then val, then train: of a duplicate pair across sources the
+        # training copy is the one dropped, whatever the --from order
+        groups = [(src, g) for split in SPLIT_ORDER for src, plan in plans for g in plan if g[0] == split]
+        for src, (split, cls, records, quota) in tqdm(groups, desc="medagg", unit="group", leave=False,
+                                                      disable=None):
+            taken = 0
+            for r in records:
+                if taken >= quota:
+                    break
+                try:
+                    img = src.data.read(r)
+                except MedzooError as exc:
+                    if not cfg.skip_bad:
+                        raise
+                    bad.append(f"{src.name}:{r.id}: {exc}")
+                    dropped[(src.key, "unreadable")] += 1
+                    continue
+                reason, digests = _quality(img, cfg, exact, near)
+                if reason:
+                    dropped[(src.key, reason)] += 1
+                    continue
+                images[n] = to_channels(fit_pair(img, None, pcfg)[0], cfg.channels).reshape(images.shape[1:])
+                rows.append({"ref": f"images.npy#{n}", "source": src.key, "origin": f"{src.name}#{r.id}",
+                             "modality": src.modality, "body_part": src.body_part, "label": cls,
+                             "patient": f"{src.key}/{r.patient}" if r.patient else "", "split": split,
+                             "copy": 0})
+                hashes.append(digests)
+                n, taken = n + 1, taken + 1
+                src.kept[split] += 1
         if not rows:
             raise MedzooError("medagg: no image passed the quality filter; check the sources and the --min-* options")
         rows += _oversample(rows, cfg)
@@ -250,6 +217,8 @@ def build_medagg(cfg: BuildConfig) -> dict:
             truncate_npy(tmp / "images.npy", n)
         classes = sorted({x[_column(cfg.label)] for x in rows})
         _write_manifest(tmp, rows)
+        # the originals' hashes, row-aligned with images.npy: chains check their held-out images against them
+        np.save(tmp / "hashes.npy", np.array(hashes, dtype=HASH_DTYPE).reshape(-1, 2))
         (tmp / "manifest.json").write_text(json.dumps({
             "format": 1, "task_label": _column(cfg.label), "classes": classes, "size": cfg.size,
             "channels": cfg.channels, "config": _config_dict(cfg)}, indent=2) + "\n")
@@ -262,22 +231,24 @@ def build_medagg(cfg: BuildConfig) -> dict:
     return sheet
 
 
-def _quality(img: np.ndarray, cfg: BuildConfig, exact: dict[str, int], near: HashIndex | None) -> str | None:
+def _quality(img: np.ndarray, cfg: BuildConfig, exact: dict[int, int],
+             near: HashIndex | None) -> tuple[str | None, tuple[int, int]]:
+    """Why the image is dropped (or None), and its (exact, perceptual) hashes."""
     if min(img.shape[:2]) < cfg.min_size:
-        return "too small"
-    grey = to_uint8(to_channels(img, 1))
+        return "too small", (0, 0)
+    grey = grey8(img)
     if float(grey.std()) < cfg.min_std:
-        return "blank"
-    digest = hashlib.sha1(grey.tobytes() + str(grey.shape).encode()).hexdigest()
+        return "blank", (0, 0)
+    digest = exact_hash(grey)
     if digest in exact:
-        return "exact duplicate"
+        return "exact duplicate", (0, 0)
+    h = phash(grey)
     if near is not None:
-        h = phash(grey)
         if near.near(h) is not None:
-            return "near duplicate"
+            return "near duplicate", (0, 0)
         near.add(h)
     exact[digest] = 1
-    return None
+    return None, (digest, h)
 
 
 def _column(label: str) -> str:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from medzoo import hookimpl
-from medzoo.cache import cache_home
+from medzoo.cache import cache_home, clean_stale_tmp, tmp_folder
 from medzoo.data import ArraySource, Record, data_root
 from medzoo.registry import DatasetSpec, MedzooError, did_you_mean
 
@@ -95,14 +94,18 @@ def find_npz(folder: Path, flag: str, size: int | None) -> Path:
 
 
 def unpack_npz(npz: Path) -> Path:
-    """The npz's arrays as .npy files (written once, atomically, keyed by the npz's size and time)."""
-    st = npz.stat()
-    key = hashlib.sha256(f"{npz.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """The npz's arrays as .npy files (written once, atomically, keyed by the npz's content digest, so a
+    changed npz is unpacked again even under a restored size and mtime once ``data check --verify`` saw it)."""
+    from medzoo.identity import file_digests
+
+    key = hashlib.sha256(file_digests([npz])[str(npz)].encode()).hexdigest()[:16]
     out = cache_home() / "medmnist" / f"{npz.stem}-{key}"
     if (out / "done").is_file():
         return out
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out.parent)
+    tmp = tmp_folder(out)
+    tmp.mkdir()
     try:
         try:
             zf = zipfile.ZipFile(npz)
@@ -126,9 +129,6 @@ def unpack_npz(npz: Path) -> Path:
 class MedmnistSource(ArraySource):
     def domain_steps(self, img, mask, cfg):
         return preprocess_steps(img, mask, cfg)
-
-    def content_token(self) -> str:
-        return self.meta["npz_token"]
 
 
 def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
@@ -162,10 +162,9 @@ def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
             records.append(Record(f"{split}/{i}", label, split, None, meta={"index": offset + i}))
         images.append(x)
     pixels = _Concat(images)
-    st = npz.stat()
-    return MedmnistSource(f"medmnist:{npz.stem}", task, labels, records, pixels, meta={
+    return MedmnistSource(f"medmnist:{npz.stem}", task, labels, records, pixels, source_files=[npz], meta={
         "channels": 3 if images[0].ndim == 4 else 1, "modality": modality, "body_part": body, "license": license_,
-        "ordinal": flag == "retinamnist", "npz_token": f"{npz.name}|{st.st_size}|{st.st_mtime_ns}"})
+        "ordinal": flag == "retinamnist"})
 
 
 class _Concat:

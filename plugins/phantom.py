@@ -17,6 +17,7 @@ AGG_CLASSES = ("xr_chest", "ct_head", "mg_breast", "histo_nuclei", "us_fan", "mr
 AGG_PER_CLASS = 80
 LESION_PATIENTS = 160  # two views each
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+GENERATOR_VERSION = 1  # the data's identity: bump when a drawing function changes what it draws
 
 
 def _grid(size: int):
@@ -96,7 +97,8 @@ def open_agg(root=None, arg=None) -> ArraySource:
                for c, cls in enumerate(AGG_CLASSES) for i in range(AGG_PER_CLASS)]
     assign_splits(records, SPLIT_FRACTIONS, seed=0)
     # drawn on the first read: a chain that reuses its stored stage never draws them
-    return ArraySource("phantom_agg", "classification", AGG_CLASSES, records, _agg_pixels)
+    return ArraySource("phantom_agg", "classification", AGG_CLASSES, records, _agg_pixels,
+                       generated=f"phantom_agg v{GENERATOR_VERSION} seed 1234")
 
 
 def open_lesion(root=None, arg=None, *, task: str = "classification", name: str = "phantom_lesion") -> ArraySource:
@@ -113,7 +115,8 @@ def open_lesion(root=None, arg=None, *, task: str = "classification", name: str 
             masks.append(mask)
     assign_splits(records, SPLIT_FRACTIONS, seed=0)
     classes = ("background", "lesion") if task == "segmentation" else ("absent", "present")
-    return ArraySource(name, task, classes, records, np.stack(images), np.stack(masks))
+    return ArraySource(name, task, classes, records, np.stack(images), np.stack(masks),
+                       generated=f"phantom_lesion v{GENERATOR_VERSION} seed 5678")
 
 
 PHANTOM_RECIPE = {"epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01,

@@ -7,7 +7,7 @@ from medzoo.cache import CachedSource, PreprocessConfig, fit_pair
 from medzoo.data import ArraySource, Record, open_dataset
 from medzoo.registry import MedzooError
 
-from datagen import make_head_ct
+from datagen import make_head_ct, write_png
 
 
 def test_fit_pad_keeps_aspect_and_mask_alignment():
@@ -32,9 +32,10 @@ def test_cache_reused_rebuilt_when_stale_and_atomic(tmp_path, monkeypatch):
     other = open_dataset("head_ct", tmp_path / "hct", preprocess={**cfg, "clahe": 2.0})
     assert other.path != first.path
     png = tmp_path / "hct/head_ct/head_ct/000.png"
-    png.write_bytes(png.read_bytes())
     import os
-    os.utime(png, ns=(1, 1))
+    os.utime(png, ns=(1, 1))  # touched, same bytes: the same data, the same cache
+    assert open_dataset("head_ct", tmp_path / "hct", preprocess=cfg).path == first.path
+    write_png(png, np.full((50, 44), 255, np.uint8))
     changed = open_dataset("head_ct", tmp_path / "hct", preprocess=cfg)
     assert changed.path != first.path
     # a cache folder with a wrong key (partial, tampered) is rebuilt, not trusted
