@@ -90,7 +90,7 @@ def fetch(url: str, *, sha256: str | None = None, name: str | None = None, mirro
         done = root() / "downloads" / want / name
         if done.is_file():
             return done, want
-    partial = root() / "downloads" / "partial" / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")
+    partial = partial_path(url)
     partial.parent.mkdir(parents=True, exist_ok=True)
     _download(url, partial)
     got = sha256_file(partial)
@@ -107,6 +107,11 @@ def fetch(url: str, *, sha256: str | None = None, name: str | None = None, mirro
     if not pinned:
         _pin(key, got)
     return final, got
+
+
+def partial_path(url: str) -> Path:
+    """Where a download from ``url`` accumulates until it is complete and verified (kept across runs: resumed)."""
+    return root() / "downloads" / "partial" / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")
 
 
 def _download(url: str, partial: Path) -> None:
