@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from medzoo import hookimpl
+from medzoo import hookimpl, store
 from medzoo.models import SourceWeights, load_safetensors, sha256_file, stock_timm_name
 from medzoo.registry import KeyMapSpec, MedzooError, WeightSourceSpec, did_you_mean
 
@@ -117,7 +117,7 @@ def _converted(download: Path, sha: str, arch: str, keymap: str | None, origin: 
     """The safetensors conversion of a downloaded pickle, made once (reused by content hash and arch)."""
     from medzoo.stage import log
 
-    out = fetching.root() / "converted" / f"{sha}-{arch}-{keymap or 'auto'}.safetensors"
+    out = fetching.root() / "converted" / f"{sha}-{store.slug(arch)}-{keymap or 'auto'}.safetensors"
     if not out.is_file():
         result = fetching.convert_file(download, out, arch=arch, keymap=keymap)
         log(f"{origin}: converted {download.name} to safetensors once ({result})")
@@ -143,7 +143,7 @@ def load_url(*, arch, arg=None) -> SourceWeights:
     name = fetching.file_name(url)
     cached = known and (fetching.root() / "downloads" / known / name)
     is_pickle_name = name.lower().endswith(fetching.PICKLE_SUFFIXES)
-    done = known and any((fetching.root() / "converted").glob(f"{known}-{arch.name}-*.safetensors"))
+    done = known and any((fetching.root() / "converted").glob(f"{known}-{store.slug(arch.name)}-*.safetensors"))
     if is_pickle_name and not done and not trusted():
         raise MedzooError(f"{name} is a pickled checkpoint: medzoo converts it once with PyTorch's restricted loader "
                           "(tensors only) if you pass --trust-upstream (or set MEDZOO_TRUST_UPSTREAM=1), or convert it "
@@ -164,7 +164,7 @@ def load_entry(name: str, arch) -> SourceWeights:
     known = entry.get("sha256") or pinned
     done = None
     if known:
-        hits = sorted((fetching.root() / "converted").glob(f"{known}-{entry['arch']}-{entry['keymap']}.safetensors"))
+        hits = sorted((fetching.root() / "converted").glob(f"{known}-{store.slug(entry['arch'])}-{entry['keymap']}.safetensors"))
         done = hits[0] if hits else None
     if done is None:
         if entry.get("manual") and not mirror:
@@ -274,7 +274,8 @@ def register_commands(cli):
         if target.exists():
             raise MedzooError(f"{out} exists; medzoo does not overwrite files: pick another name or remove it")
         if re.match(r"https?://", src):
-            path, _ = fetching.fetch(*fetching.split_url(src)[:1], sha256=fetching.split_url(src)[1])
+            url, sha = fetching.split_url(src)
+            path, _ = fetching.fetch(url, sha256=sha)
         else:
             path = Path(src)
             if not path.is_file():

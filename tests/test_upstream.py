@@ -281,3 +281,21 @@ def test_systematic_benchmark_grid_resolves_every_cell():
             registry().resolve("datasets", d)
     tasks = {t.dataset.partition(":")[0] for t in grid.targets}
     assert {"medmnist", "chest_xray", "head_ct", "bcss"} <= tasks
+
+
+def test_a_mirror_folder_serves_catalogue_files_by_name_offline(tmp_path, monkeypatch):
+    data = _pth(_wrapped("pycontrast", _backbone(TINY_ARCH)))
+    entry = {"method": "InfoMin", "arch": TINY_ARCH, "keymap": "pycontrast", "url": "https://example.org/x/InfoMin.pth",
+             "file": "InfoMin_tiny.pth", "sha256": hashlib.sha256(data).hexdigest(), "license": "unknown"}
+    (tmp_path / "cat.json").write_text(json.dumps({"ssl:tiny_infomin": entry}))
+    monkeypatch.setenv("MEDZOO_UPSTREAM_CATALOGUE", str(tmp_path / "cat.json"))
+    monkeypatch.setenv("MEDZOO_UPSTREAM_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    arch = registry().resolve("archs", TINY_ARCH)
+    (tmp_path / "mirror").mkdir()
+    with pytest.raises(MedzooError, match="has no InfoMin_tiny.pth; put the file from https://example.org/x/InfoMin.pth"):
+        upstream.load_entry("ssl:tiny_infomin", arch)
+    (tmp_path / "mirror" / "InfoMin_tiny.pth").write_bytes(data)
+    w = upstream.load_entry("ssl:tiny_infomin", arch)  # a checksum in the catalogue: no --trust-upstream needed
+    assert set(w.state_dict) == set(fetching.backbone_shapes(TINY_ARCH)) and w.method == "InfoMin"
+    assert fetching.pins() == {"https://example.org/x/InfoMin.pth": entry["sha256"]}
