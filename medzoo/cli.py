@@ -45,6 +45,7 @@ COLUMNS = {
     "datasets": ("name", "task", "classes", "modality", "body_part", "plugin"),
     "policies": ("name", "plugin", "description"),
     "sources": ("name", "plugin", "description"),
+    "keymaps": ("name", "plugin", "description"),
 }
 
 
@@ -73,7 +74,11 @@ def list_cmd(kind, as_json):
         else:
             print_table(rows, ("name", "chain", "task", "best", "where"))
         return
-    rows = [spec_dict(s) for s in registry().list(kind)]
+    rows = []
+    for s in registry().list(kind):
+        rows.append(spec_dict(s))
+        for arg, line in getattr(s, "choices", {}).items():  # e.g. every catalogue entry of `ssl:<method>`
+            rows.append({"name": f"{s.name}:{arg}", "plugin": s.plugin, "description": line})
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
@@ -127,6 +132,8 @@ def info(name):
             click.echo(f"  argument: {ref.arg}")
         for key, value in ref.options.items():
             click.echo(f"  option {key}: {value}")
+        for key, value in (getattr(ref.spec, "details", None) and ref.spec.details(ref.arg) or {}).items():
+            click.echo(f"  {key}: {value}")
         for key, value in d.items():
             if value in ("", None, {}, ()) or key in ("takes_arg", "arg_help", "arg_required"):
                 continue
@@ -188,10 +195,17 @@ DATA_ROOT_HELP = "Where a dataset's files are; a bare PATH holds one folder per 
 @click.option("--allow-overlap", is_flag=True,
               help="Train although a stage's val/test images appear in an earlier stage's training data "
                    "(recorded in the lineage).")
+@click.option("--trust-upstream", is_flag=True, help="Let a url: or catalogue source without a published checksum "
+              "download and convert its pickled checkpoint once (restricted loader; same as MEDZOO_TRUST_UPSTREAM=1).")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
-          skip_bad, allow_overlap):
+          skip_bad, allow_overlap, trust_upstream):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
+    import os
+
     from .trainer import Runtime, train as run_chain
+
+    if trust_upstream:  # read by the weight source plugin, like --data-root's MEDZOO_DATA
+        os.environ["MEDZOO_TRUST_UPSTREAM"] = "1"
 
     roots = _data_roots(data_roots)
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,

@@ -27,5 +27,11 @@ def register_weight_sources(register):
 
 
 @hookspec
+def register_key_maps(register):
+    """Register how a method's published checkpoint maps onto timm names: call ``register(KeyMapSpec(...))``.
+    ``medzoo weights convert`` and the ``url:``/catalogue sources use them, so a new upstream method is a plugin."""
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``medzoo`` command line group ``cli``."""

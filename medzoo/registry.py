@@ -99,6 +99,22 @@ class WeightSourceSpec:
     takes_arg: bool = False
     arg_help: str = ""
     arg_required: bool = True
+    choices: Mapping[str, str] = field(default_factory=dict)  # known arguments -> one line each (`list sources`)
+    details: Callable[[str | None], Mapping[str, str]] | None = None  # `medzoo info NAME[:ARG]`: provenance lines
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class KeyMapSpec:
+    """How an upstream checkpoint's keys become timm's: descend into the first of ``unwrap`` the file holds
+    (``state_dict``, ``model``, ``teacher``…), take the keys under the first matching ``strip`` prefix ('' = keys
+    as they are) without it, and leave out keys starting with any of ``drop`` (projection/prediction heads)."""
+
+    name: str
+    unwrap: tuple[str, ...] = ()
+    strip: tuple[str, ...] = ("",)
+    drop: tuple[str, ...] = ()
+    description: str = ""
     plugin: str = ""
 
 
@@ -117,6 +133,7 @@ KINDS: dict[str, Kind] = {
         Kind("datasets", "dataset", DatasetSpec, "register_datasets"),
         Kind("policies", "freeze policy", FreezePolicySpec, "register_freeze_policies"),
         Kind("sources", "weight source", WeightSourceSpec, "register_weight_sources"),
+        Kind("keymaps", "checkpoint key map", KeyMapSpec, "register_key_maps"),
     )
 }
 
@@ -141,7 +158,7 @@ class Ref:
 
 
 def display_name(spec: Any) -> str:
-    if not spec.takes_arg:
+    if not getattr(spec, "takes_arg", False):  # key maps take none
         return spec.name
     arg = f":<{spec.arg_help or 'arg'}>"
     return spec.name + (arg if spec.arg_required else f"[{arg}]")
@@ -235,9 +252,10 @@ class Registry:
         if spec is None:
             raise MedzooError(f"unknown {k.noun} '{name}'{self._suggest(kind, base)} "
                               f"(`medzoo list {kind}` shows all)")
-        if spec.takes_arg and spec.arg_required and not arg:
+        takes_arg = getattr(spec, "takes_arg", False)
+        if takes_arg and spec.arg_required and not arg:
             raise MedzooError(f"{k.noun} '{base}' needs an argument: write it as '{display_name(spec)}'")
-        if sep and not spec.takes_arg:
+        if sep and not takes_arg:
             raise MedzooError(f"{k.noun} '{base}' takes no ':' argument; write it as '{base}'")
         for key in options:
             if key not in getattr(spec, "options", {}):
