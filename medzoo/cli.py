@@ -10,7 +10,7 @@ import warnings
 import click
 
 from . import __version__
-from .registry import KINDS, MedzooError, MedzooPluginWarning, display_name, registry
+from .registry import KINDS, MedzooError, MedzooPluginWarning, Ref, display_name, registry
 
 
 class MedzooGroup(click.Group):
@@ -113,7 +113,10 @@ def info(name):
         try:
             found.append((kind, reg.resolve(kind, name)))
         except MedzooError:
-            continue
+            # a name that needs an argument (`top`, `lld`, `imagefolder`) is still described without one
+            spec = reg.entries[kind].get(name.partition("@")[0].partition(":")[0])
+            if spec is not None:
+                found.append((kind, Ref(spec=spec, name=name)))
     if not found:
         reg.resolve("archs", name)  # raises with the did-you-mean of the most common case
     for kind, ref in found:
@@ -247,11 +250,18 @@ def errors(name, dataset, split, right, data_roots, device, out):
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
 @click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
-def experiment(grid, seeds, out, device, precision, num_workers, data_roots):
+@click.option("--check", is_flag=True, help="Resolve every cell (archs, chains, datasets, recipes) and print the "
+              "plan; train nothing.")
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check):
     """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
 
     Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
-    from .experiment import parse_seeds, run_grid
+    from .experiment import load_grid, parse_seeds, plan, run_grid
+
+    if check:
+        for line in plan(load_grid(grid, seeds=parse_seeds(seeds))):
+            click.echo(line)
+        return
 
     result = run_grid(grid, seeds=parse_seeds(seeds), out=out, data_roots=_data_roots(data_roots), device=device,
                       precision=precision, num_workers=num_workers)

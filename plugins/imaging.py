@@ -318,7 +318,7 @@ def find_dir(root: Path, *candidates: str) -> Path:
 # -- recipes ----------------------------------------------------------------------------------------
 
 BASE_RECIPE = dict(epochs=30, batch_size=32, optimizer="adamw", lr=3e-4, weight_decay=0.05, schedule="cosine",
-                   warmup_epochs=2, image_size=224, augment="light", loss="ce", class_weights=False,
+                   warmup_epochs=2, image_size=224, augment="light", loss="auto", class_weights=False,
                    balanced_sampling=False, patience=8, freeze="auto", seed=0)
 
 
