@@ -10,6 +10,7 @@ import warnings
 import click
 
 from . import __version__
+from .data import DATA_ROOT_HELP, parse_data_roots as _data_roots
 from .registry import KINDS, MedzooError, MedzooPluginWarning, Ref, display_name, registry
 
 
@@ -154,23 +155,6 @@ def plugins(as_json):
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
 
 
-def _data_roots(items) -> dict[str, str]:
-    """``--data-root [DATASET=]PATH`` values: per-dataset roots; a bare PATH becomes MEDZOO_DATA."""
-    import os
-
-    roots = {}
-    for item in items:
-        name, eq, path = item.partition("=")
-        if eq:
-            roots[name] = path
-        else:
-            os.environ["MEDZOO_DATA"] = item
-    return roots
-
-
-DATA_ROOT_HELP = "Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable."
-
-
 @cli.command()
 @click.argument("arch")
 @click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,medagg,inbreast "
@@ -210,13 +194,18 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the results to OUT/DATASET-SPLIT/ (default: "
               "the checkpoint's eval/ folder; only then are they recorded for its model card).")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (the other lines go to "
+              "stderr).")
 def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
+    import contextlib
+
     from .evaluation import evaluate as run
 
-    result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device, batch_size=batch_size,
-                 bootstrap=bootstrap, seed=seed, out=out)
+    # with --json, stdout carries the JSON alone (for jq and scripts); the progress lines go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
+                     batch_size=batch_size, bootstrap=bootstrap, seed=seed, out=out)
     if as_json:
         from .evaluation import _json_safe
 

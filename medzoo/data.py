@@ -162,6 +162,40 @@ def bad_input(where: str | Path, problem: str, fix: str = "fix or remove it, or 
 
 # -- where the files are ------------------------------------------------------------------------
 
+PARENT_ROOT = ""  # the key of a bare ``--data-root PATH`` (a folder holding one folder per dataset)
+
+
+def root_for(roots: "Mapping[str, str] | str | Path | None", name: str) -> str | None:
+    """The folder of dataset ``name`` (``medmnist:pneumoniamnist``) from ``--data-root`` values, which mean
+    the same in every command: ``NAME=PATH`` is that dataset's folder (matched on the full name, then on
+    the base name before ':'), a bare ``PATH`` holds one folder per dataset. A plain path (Python API) is
+    the dataset's folder."""
+    if roots is None or isinstance(roots, (str, Path)):
+        return None if roots is None else str(roots)
+    base = name.partition(":")[0]
+    for key in (name, base):
+        if roots.get(key):
+            return roots[key]
+    if roots.get(PARENT_ROOT):
+        return str(Path(roots[PARENT_ROOT]) / base)
+    return None
+
+
+DATA_ROOT_HELP = ("DATASET=PATH: that dataset's folder; a bare PATH: a folder holding one folder per dataset "
+                  "(like MEDZOO_DATA). Repeatable.")
+
+
+def parse_data_roots(items: Sequence[str]) -> dict[str, str]:
+    """The CLI's ``--data-root [DATASET=]PATH`` values, for :func:`root_for`."""
+    roots = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if eq and (not name.strip() or not path.strip()):
+            raise MedzooError(f"bad --data-root '{item}': write DATASET=PATH or a bare PATH")
+        roots[name.strip() if eq else PARENT_ROOT] = path if eq else item
+    return roots
+
+
 def data_root(name: str, root: str | Path | None = None, *, must_exist: bool = True) -> Path:
     """``root`` if given, else ``$MEDZOO_DATA_<NAME>``, else ``$MEDZOO_DATA/<name>``."""
     env_name = "MEDZOO_DATA_" + "".join(c if c.isalnum() else "_" for c in name).upper()

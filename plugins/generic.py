@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from medzoo import hookimpl
-from medzoo.data import SPLITS, Record, assign_splits, bad_input, check_leakage
+from medzoo.data import (DATA_ROOT_HELP, SPLITS, Record, assign_splits, bad_input, check_leakage,
+                         parse_data_roots, root_for)
 from medzoo.registry import DatasetSpec, MedzooError
 
 from .imaging import FileSource, dicom_header, is_dicom, list_images, read_csv_rows, recipe
@@ -123,15 +124,15 @@ def register_commands(cli):
 
     @group.command("check")
     @click.argument("name")
-    @click.option("--data-root", type=click.Path(), help="Where the dataset is (else MEDZOO_DATA_<NAME> or MEDZOO_DATA).")
+    @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
     @click.option("--skip-bad", is_flag=True, help="Leave out bad rows and files instead of failing.")
-    def check(name, data_root, skip_bad):
+    def check(name, data_roots, skip_bad):
         """Open a dataset: images per split and class, patients, leakage check, fingerprint."""
         from collections import Counter
 
         from medzoo.data import open_dataset
 
-        src = open_dataset(name, data_root, skip_bad=skip_bad)
+        src = open_dataset(name, root_for(parse_data_roots(data_roots), name), skip_bad=skip_bad)
         click.echo(f"{src.name}: {len(src.records)} images, task {src.task}, fingerprint {src.fingerprint()[:16]}")
         for split in SPLITS:
             rows = src.split(split)
@@ -147,11 +148,11 @@ def register_commands(cli):
 
     @group.command("cache")
     @click.argument("name")
-    @click.option("--data-root", type=click.Path())
+    @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
     @click.option("--size", type=int, help="Side of the cached square images (default: the dataset's recipe).")
     @click.option("--clahe", type=float, help="CLAHE clip limit, 0 for none.")
     @click.option("--skip-bad", is_flag=True)
-    def cache(name, data_root, size, clahe, skip_bad):
+    def cache(name, data_roots, size, clahe, skip_bad):
         """Preprocess a dataset once into the memory-mapped cache (as training would)."""
         from medzoo.cache import PreprocessConfig
         from medzoo.data import open_dataset
@@ -159,7 +160,8 @@ def register_commands(cli):
 
         cfg = dict(registry().resolve("datasets", name).spec.recipe.get("preprocess", {}))
         cfg.update({k: v for k, v in (("size", size), ("clahe", clahe)) if v is not None})
-        src = open_dataset(name, data_root, preprocess=PreprocessConfig.from_dict(cfg), skip_bad=skip_bad)
+        src = open_dataset(name, root_for(parse_data_roots(data_roots), name), preprocess=PreprocessConfig.from_dict(cfg),
+                           skip_bad=skip_bad)
         click.echo(f"{src.name}: {len(src.records)} images cached in {src.meta['cache']}")
 
 
