@@ -11,7 +11,7 @@ import click
 
 from . import __version__
 from .data import DATA_ROOT_HELP, parse_data_roots as _data_roots
-from .registry import KINDS, MedzooError, MedzooPluginWarning, Ref, display_name, registry
+from .registry import KINDS, MedzooError, MedzooWarning, Ref, display_name, registry
 
 
 class MedzooGroup(click.Group):
@@ -317,7 +317,7 @@ def card(name, repo_id, out):
 
 
 def _format_warning(message, category, *args, **kwargs):
-    if issubclass(category, MedzooPluginWarning):
+    if issubclass(category, MedzooWarning):
         return f"medzoo: warning: {message}\n"
     return _default_format(message, category, *args, **kwargs)
 

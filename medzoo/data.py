@@ -154,10 +154,15 @@ def bad_input(where: str | Path, problem: str, fix: str = "fix or remove it, or 
     """A bad file or row: a one-line error naming it and the problem, or, under ``skipping_bad``, a
     warning and a note in the skipped list (the caller then leaves the row out)."""
     skipped = _SKIPPED.get()
+    head, sep, tail = problem.rpartition("; ")
+    if sep and "--skip-bad" in tail:  # a reader's error that names the file and its fix already
+        if skipped is None:
+            raise MedzooError(problem)
+        where, problem = "", head
     if skipped is None:
         raise MedzooError(f"{where}: {problem}; {fix}")
-    skipped.append(f"{where}: {problem}")
-    log.warning("skipped %s: %s", where, problem)
+    skipped.append(f"{where}: {problem}" if where else problem)
+    log.warning("skipped %s", skipped[-1])
 
 
 # -- where the files are ------------------------------------------------------------------------
@@ -271,14 +276,28 @@ def check_leakage(records: list[Record], name: str = "dataset") -> None:
                           f"(e.g. {leaks[0]} in {sorted(seen[leaks[0]])}); split by patient, not by image")
 
 
+def check_trainable(source: DataSource, name: str) -> None:
+    """A classifier needs two classes among its training images: a one-class dataset would train a whole
+    epoch and then fail in validation (an aggregated set like medagg may still take it as a source)."""
+    if source.task != "classification":
+        return
+    present = sorted({r.label for r in source.split("train")})
+    if len(present) < 2:
+        only = f"only '{source.classes[present[0]]}'" if present else "none"
+        raise MedzooError(f"dataset '{name}' has one class in its training images ({only} of "
+                          f"{', '.join(source.classes) or 'no classes'}); a classifier needs at least two: add "
+                          "images of another class, or check the labels")
+
+
 def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any = None,
-                 skip_bad: bool = False) -> DataSource:
+                 skip_bad: bool = False, trainable: bool = False) -> DataSource:
     """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it.
 
     ``preprocess``: None reads the raw images; a ``medzoo.cache.PreprocessConfig`` (or a dict of its
     fields, or True for the dataset's recipe ``preprocess``) returns a :class:`medzoo.cache.CachedSource`
     whose images were preprocessed once into a memory-mapped cache under ``$MEDZOO_HOME/cache``.
     ``skip_bad``: leave out bad rows and files instead of failing (listed in ``source.meta['skipped']``).
+    ``trainable``: also refuse a classification dataset with one class (:func:`check_trainable`), before caching.
     """
     ref = registry().resolve("datasets", name)
     with skipping_bad(skip_bad) as skipped:
@@ -295,6 +314,8 @@ def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any =
         raise MedzooError(f"dataset '{name}' has no training images ({dict(counts) or 'no images at all'}); "
                           "check the data root and its layout")
     check_leakage(source.records, name)
+    if trainable:
+        check_trainable(source, name)
     if preprocess is None or preprocess is False:
         return source
     from .cache import CachedSource, PreprocessConfig

@@ -182,6 +182,9 @@ def resolve(stage: str, dataset_recipe: Mapping[str, Any], file: Mapping[str, Ma
     _merge(recipe, file.get(stage), f"the recipe file's '{stage}' section")
     _merge(recipe, sets.get(FILE_DEFAULTS_SECTION), "--set")
     _merge(recipe, sets.get(stage), "--set")
+    if recipe["class_weights"] and recipe["balanced_sampling"]:
+        raise MedzooError(f"the '{stage}' stage's recipe turns on both class_weights and balanced_sampling, which "
+                          "correct the class imbalance twice; set one of them to false")
     if task is not None:
         check_task(recipe, task, f"the '{stage}' stage")
     return recipe

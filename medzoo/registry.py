@@ -26,7 +26,11 @@ class MedzooError(Exception):
     """A user-facing error: one line that names the problem and the fix."""
 
 
-class MedzooPluginWarning(UserWarning):
+class MedzooWarning(UserWarning):
+    """Something the user should know that does not stop the run (printed as one ``medzoo: warning:`` line)."""
+
+
+class MedzooPluginWarning(MedzooWarning):
     """A plugin failed to load or raised in a hook and was skipped."""
 
 

@@ -67,7 +67,7 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
         key = (d, json.dumps(r["preprocess"], sort_keys=True))
         if key not in sources:
             sources[key] = mzdata.open_dataset(d, mzdata.root_for(runtime.data_roots, d), preprocess=r["preprocess"],
-                                               skip_bad=runtime.skip_bad)
+                                               skip_bad=runtime.skip_bad, trainable=True)
     source_of = [sources[(d, json.dumps(r["preprocess"], sort_keys=True))] for d, r in zip(datasets, recipes)]
     for d, r, src in zip(datasets, recipes, source_of):
         mzrecipe.check_task(r, src.task, f"the '{d}' stage")
