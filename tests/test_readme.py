@@ -61,6 +61,8 @@ COMMANDS = {
     "medzoo publish NAME --repo-id ORG/NAME [--dry-run]":
         ["publish", "resnet18.scratch-phantom_agg-phantom_lesion", "--repo-id", "my-lab/resnet18-phantom", "--dry-run"],
     "medzoo errors resnet18.scratch-phantom_lesion": ["errors", "resnet18.scratch-phantom_lesion"],
+    "medzoo experiment experiments/phantom.yaml --check": ["experiment", str(ROOT / "experiments" / "phantom.yaml"),
+                                                           "--check"],
 }
 
 
@@ -85,6 +87,7 @@ def test_readme_commands(tmp_path):
     assert out["medzoo card NAME"].startswith("---")
     assert "model.safetensors" in out["medzoo publish NAME --repo-id ORG/NAME [--dry-run]"]
     assert ".html" in out["medzoo errors resnet18.scratch-phantom_lesion"]
+    assert out["medzoo experiment experiments/phantom.yaml --check"].startswith("grid 'phantom': 8 cells")
 
 
 @pytest.mark.slow  # 220 s here under load, for the same reason
