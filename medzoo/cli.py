@@ -10,7 +10,8 @@ import warnings
 import click
 
 from . import __version__
-from .registry import KINDS, MedzooError, MedzooPluginWarning, display_name, registry
+from .data import DATA_ROOT_HELP, parse_data_roots as _data_roots
+from .registry import KINDS, MedzooError, MedzooWarning, Ref, display_name, registry
 
 
 class MedzooGroup(click.Group):
@@ -118,7 +119,10 @@ def info(name):
         try:
             found.append((kind, reg.resolve(kind, name)))
         except MedzooError:
-            continue
+            # a name that needs an argument (`top`, `lld`, `imagefolder`) is still described without one
+            spec = reg.entries[kind].get(name.partition("@")[0].partition(":")[0])
+            if spec is not None:
+                found.append((kind, Ref(spec=spec, name=name)))
     if not found:
         reg.resolve("archs", name)  # raises with the did-you-mean of the most common case
     for kind, ref in found:
@@ -156,23 +160,6 @@ def plugins(as_json):
     for p in rows:
         status = f"FAILED: {p['error']}" if p["error"] else ", ".join(p["hooks"])
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
-
-
-def _data_roots(items) -> dict[str, str]:
-    """``--data-root [DATASET=]PATH`` values: per-dataset roots; a bare PATH becomes MEDZOO_DATA."""
-    import os
-
-    roots = {}
-    for item in items:
-        name, eq, path = item.partition("=")
-        if eq:
-            roots[name] = path
-        else:
-            os.environ["MEDZOO_DATA"] = item
-    return roots
-
-
-DATA_ROOT_HELP = "Where a dataset's files are; a bare PATH holds one folder per dataset. Repeatable."
 
 
 @cli.command()
@@ -225,13 +212,18 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the results to OUT/DATASET-SPLIT/ (default: "
               "the checkpoint's eval/ folder; only then are they recorded for its model card).")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (the other lines go to "
+              "stderr).")
 def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
+    import contextlib
+
     from .evaluation import evaluate as run
 
-    result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device, batch_size=batch_size,
-                 bootstrap=bootstrap, seed=seed, out=out)
+    # with --json, stdout carries the JSON alone (for jq and scripts); the progress lines go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
+                     batch_size=batch_size, bootstrap=bootstrap, seed=seed, out=out)
     if as_json:
         from .evaluation import _json_safe
 
@@ -265,11 +257,18 @@ def errors(name, dataset, split, right, data_roots, device, out):
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
 @click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
-def experiment(grid, seeds, out, device, precision, num_workers, data_roots):
+@click.option("--check", is_flag=True, help="Resolve every cell (archs, chains, datasets, recipes) and print the "
+              "plan; train nothing.")
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check):
     """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
 
     Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
-    from .experiment import parse_seeds, run_grid
+    from .experiment import load_grid, parse_seeds, plan, run_grid
+
+    if check:
+        for line in plan(load_grid(grid, seeds=parse_seeds(seeds))):
+            click.echo(line)
+        return
 
     result = run_grid(grid, seeds=parse_seeds(seeds), out=out, data_roots=_data_roots(data_roots), device=device,
                       precision=precision, num_workers=num_workers)
@@ -336,7 +335,7 @@ def card(name, repo_id, out):
 
 
 def _format_warning(message, category, *args, **kwargs):
-    if issubclass(category, MedzooPluginWarning):
+    if issubclass(category, MedzooWarning):
         return f"medzoo: warning: {message}\n"
     return _default_format(message, category, *args, **kwargs)
 

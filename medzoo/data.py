@@ -180,13 +180,52 @@ def bad_input(where: str | Path, problem: str, fix: str = "fix or remove it, or 
     """A bad file or row: a one-line error naming it and the problem, or, under ``skipping_bad``, a
     warning and a note in the skipped list (the caller then leaves the row out)."""
     skipped = _SKIPPED.get()
+    head, sep, tail = problem.rpartition("; ")
+    if sep and "--skip-bad" in tail:  # a reader's error that names the file and its fix already
+        if skipped is None:
+            raise MedzooError(problem)
+        where, problem = "", head
     if skipped is None:
         raise MedzooError(f"{where}: {problem}; {fix}")
-    skipped.append(f"{where}: {problem}")
-    log.warning("skipped %s: %s", where, problem)
+    skipped.append(f"{where}: {problem}" if where else problem)
+    log.warning("skipped %s", skipped[-1])
 
 
 # -- where the files are ------------------------------------------------------------------------
+
+PARENT_ROOT = ""  # the key of a bare ``--data-root PATH`` (a folder holding one folder per dataset)
+
+
+def root_for(roots: "Mapping[str, str] | str | Path | None", name: str) -> str | None:
+    """The folder of dataset ``name`` (``medmnist:pneumoniamnist``) from ``--data-root`` values, which mean
+    the same in every command: ``NAME=PATH`` is that dataset's folder (matched on the full name, then on
+    the base name before ':'), a bare ``PATH`` holds one folder per dataset. A plain path (Python API) is
+    the dataset's folder."""
+    if roots is None or isinstance(roots, (str, Path)):
+        return None if roots is None else str(roots)
+    base = name.partition(":")[0]
+    for key in (name, base):
+        if roots.get(key):
+            return roots[key]
+    if roots.get(PARENT_ROOT):
+        return str(Path(roots[PARENT_ROOT]) / base)
+    return None
+
+
+DATA_ROOT_HELP = ("DATASET=PATH: that dataset's folder; a bare PATH: a folder holding one folder per dataset "
+                  "(like MEDZOO_DATA). Repeatable.")
+
+
+def parse_data_roots(items: Sequence[str]) -> dict[str, str]:
+    """The CLI's ``--data-root [DATASET=]PATH`` values, for :func:`root_for`."""
+    roots = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if eq and (not name.strip() or not path.strip()):
+            raise MedzooError(f"bad --data-root '{item}': write DATASET=PATH or a bare PATH")
+        roots[name.strip() if eq else PARENT_ROOT] = path if eq else item
+    return roots
+
 
 def data_root(name: str, root: str | Path | None = None, *, must_exist: bool = True) -> Path:
     """``root`` if given, else ``$MEDZOO_DATA_<NAME>``, else ``$MEDZOO_DATA/<name>``."""
@@ -263,14 +302,28 @@ def check_leakage(records: list[Record], name: str = "dataset") -> None:
                           f"(e.g. {leaks[0]} in {sorted(seen[leaks[0]])}); split by patient, not by image")
 
 
+def check_trainable(source: DataSource, name: str) -> None:
+    """A classifier needs two classes among its training images: a one-class dataset would train a whole
+    epoch and then fail in validation (an aggregated set like medagg may still take it as a source)."""
+    if source.task != "classification":
+        return
+    present = sorted({r.label for r in source.split("train")})
+    if len(present) < 2:
+        only = f"only '{source.classes[present[0]]}'" if present else "none"
+        raise MedzooError(f"dataset '{name}' has one class in its training images ({only} of "
+                          f"{', '.join(source.classes) or 'no classes'}); a classifier needs at least two: add "
+                          "images of another class, or check the labels")
+
+
 def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any = None,
-                 skip_bad: bool = False) -> DataSource:
+                 skip_bad: bool = False, trainable: bool = False) -> DataSource:
     """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it.
 
     ``preprocess``: None reads the raw images; a ``medzoo.cache.PreprocessConfig`` (or a dict of its
     fields, or True for the dataset's recipe ``preprocess``) returns a :class:`medzoo.cache.CachedSource`
     whose images were preprocessed once into a memory-mapped cache under ``$MEDZOO_HOME/cache``.
     ``skip_bad``: leave out bad rows and files instead of failing (listed in ``source.meta['skipped']``).
+    ``trainable``: also refuse a classification dataset with one class (:func:`check_trainable`), before caching.
     """
     ref = registry().resolve("datasets", name)
     with skipping_bad(skip_bad) as skipped:
@@ -287,6 +340,8 @@ def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any =
         raise MedzooError(f"dataset '{name}' has no training images ({dict(counts) or 'no images at all'}); "
                           "check the data root and its layout")
     check_leakage(source.records, name)
+    if trainable:
+        check_trainable(source, name)
     if preprocess is None or preprocess is False:
         return source
     from .cache import CachedSource, PreprocessConfig

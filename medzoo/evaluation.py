@@ -197,7 +197,7 @@ def open_for(model, dataset: str | None, split: str, data_root: str | dict | Non
         raise MedzooError(f"{model.medzoo_origin} records no training dataset; name one with --dataset")
     recipe = last.get("recipe") or {}
     # the model's input is what the last stage trained on: its preprocessing, whichever dataset is scored
-    root = data_root.get(dataset) if isinstance(data_root, dict) else data_root
+    root = mzdata.root_for(data_root, dataset)
     source = mzdata.open_dataset(dataset, root, preprocess=recipe.get("preprocess"))
     task = lin.get("task") or last.get("task") or "classification"
     if source.task != task:

@@ -209,8 +209,14 @@ def _check(grid: Grid, where: str) -> None:
         for cell in cells(grid, [target]):
             used.update(cell.stages)
             datasets = _datasets(cell.stages)
+            _check_source(cell.stages, datasets, f"{where} chain '{cell.chain}'")
             for d in datasets:  # every recipe of every cell resolves: bad keys and values fail here
-                mzrecipe.resolve(d, reg.resolve("datasets", d).spec.recipe, {}, cell.overrides, datasets)
+                spec = reg.resolve("datasets", d).spec
+                try:
+                    mzrecipe.resolve(d, spec.recipe, {}, cell.overrides, datasets,
+                                     task=None if spec.takes_arg else spec.task)
+                except MedzooError as exc:
+                    raise _fail(where, f"cell {cell.id}: {exc}") from None
     for section, keys in grid.recipe.items():
         if section != mzrecipe.FILE_DEFAULTS_SECTION and section not in used:
             raise _fail(where, f"recipe section '{section}' is not a dataset of any chain or target"
@@ -220,6 +226,36 @@ def _check(grid: Grid, where: str) -> None:
     for target in grid.targets:
         if "seed" in target.set:
             raise _fail(where, f"target '{target.label}' sets 'seed'; the grid's 'seeds' (or --seeds) set it")
+
+
+def _check_source(stages: list[str], datasets: list[str], where: str) -> None:
+    if len(datasets) == len(stages):  # no source named: the chain starts from imagenet
+        return
+    first = stages[0]
+    if store.find_local(first) is None:
+        try:
+            registry().resolve("sources", first)
+        except MedzooError as exc:
+            raise _fail(where, f"{exc}; a chain starts with a weight source or a stored checkpoint") from None
+
+
+def plan(grid: Grid) -> list[str]:
+    """What ``run_grid`` would do, one line per cell, and how many stages it trains (shared ones once)."""
+    lines, stages = [], set()
+    for cell in cells(grid):
+        datasets = _datasets(cell.stages)
+        source = cell.stages[0] if len(datasets) < len(cell.stages) else "imagenet"
+        for i in range(1, len(datasets) + 1):
+            part = {d: cell.overrides.get(d, {}) for d in datasets[:i]}
+            stages.add(json.dumps([cell.arch, source, datasets[:i], cell.overrides.get(mzrecipe.FILE_DEFAULTS_SECTION),
+                                   part], sort_keys=True, default=str))
+        sets = cell.overrides.get(cell.dataset)
+        lines.append(f"  {cell.id}: {cell.arch}  {' > '.join([source, *datasets])}"
+                     + (f"  set {json.dumps(sets, default=str)}" if sets else ""))
+    head = (f"grid '{grid.name}': {len(lines)} cells ({len(grid.targets)} targets × chains "
+            f"{', '.join(grid.chains)} × seeds {', '.join(map(str, grid.seeds))}), at most {len(stages)} "
+            f"stages to train (a stage shared by cells trains once), baseline '{grid.baseline}', scored on the {grid.split} split")
+    return [head, *lines]
 
 
 def _datasets(stages: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .registry import MedzooError, did_you_mean
+from .registry import MedzooError, did_you_mean, display_name
 
 # What a stage trains with. Every key here is part of the stage's identity (reuse, names, lineage).
 DEFAULTS: dict[str, Any] = {
@@ -41,6 +41,25 @@ CHOICES = {
     "loss": ("auto", "ce", "bce", "dice_ce"),
     "metric": ("auto", "auc", "accuracy", "loss", "dice"),
 }
+# Numeric keys with the range a stage can train with: (low, high, whether low itself is allowed).
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "epochs": (1, 100_000, True),
+    "batch_size": (1, 1 << 16, True),
+    "lr": (0, 10, False),
+    "weight_decay": (0, 10, True),
+    "momentum": (0, 1, True),
+    "warmup_epochs": (0, 100_000, True),
+    "image_size": (16, 8192, True),  # below 16 px the convnets' strides leave nothing to pool
+    "label_smoothing": (0, 0.99, True),
+    "patience": (0, 100_000, True),
+    "grad_accum": (1, 1024, True),
+    "seed": (0, 2**32 - 1, True),
+}
+IN_CHANS = (1, 3)  # grey (first conv adapted by timm) or RGB; other counts have no pretrained first conv
+# Validation metrics a task's stage reports (the best epoch is picked by one of them).
+TASK_METRICS = {"classification": ("auc", "accuracy", "loss"), "multilabel": ("auc", "accuracy", "loss"),
+                "segmentation": ("dice", "loss")}
+TASK_LOSSES = {"classification": ("ce",), "multilabel": ("bce",), "segmentation": ("dice_ce",)}
 FILE_DEFAULTS_SECTION = "defaults"  # a recipe file's section applied to every stage
 
 
@@ -76,7 +95,41 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         augment_params(value)  # raises with the presets and their keys
     if key in CHOICES and value not in CHOICES[key]:
         raise MedzooError(f"recipe key '{key}' in {where} must be one of {', '.join(CHOICES[key])}, got '{value}'")
+    if key in RANGES:
+        low, high, inclusive = RANGES[key]
+        if not (value >= low if inclusive else value > low) or (high is not None and value > high):
+            bound = f"≥ {low}" if inclusive else f"> {low}"
+            raise MedzooError(f"recipe key '{key}' in {where} must be {bound} and ≤ {high}, got {value}")
+    if key == "in_chans" and value not in IN_CHANS:
+        raise MedzooError(f"recipe key 'in_chans' in {where} must be 1 (grey) or 3 (RGB), got {value}")
+    if key == "freeze":
+        _check_policy(value, where)
     return value
+
+
+def _check_policy(name: str, where: str) -> None:
+    from .registry import registry
+
+    try:
+        ref = registry().resolve("policies", name)
+        if ref.spec.check is not None:
+            ref.spec.check(ref.arg)
+    except MedzooError as exc:
+        names = ", ".join(display_name(s) for s in registry().list("policies"))
+        raise MedzooError(f"recipe key 'freeze' in {where}: {exc} (policies: {names})") from None
+
+
+def check_task(recipe: Mapping[str, Any], task: str, where: str) -> None:
+    """The keys whose valid values depend on the dataset's task: refused before anything trains (a
+    classification stage asked for 'dice' would otherwise fail after its first epoch)."""
+    metrics = TASK_METRICS.get(task)
+    if metrics and recipe["metric"] not in ("auto", *metrics):
+        raise MedzooError(f"recipe key 'metric' for {where} is '{recipe['metric']}', which a {task} stage does not "
+                          f"report; use one of auto, {', '.join(metrics)}")
+    losses = TASK_LOSSES.get(task)
+    if losses and recipe["loss"] not in ("auto", *losses):
+        raise MedzooError(f"recipe key 'loss' for {where} is '{recipe['loss']}', which does not fit a {task} "
+                          f"stage; use one of auto, {', '.join(losses)}")
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any] | None, where: str) -> None:
@@ -116,7 +169,9 @@ def parse_sets(sets: list[str] | None, stages: list[str]) -> dict[str, dict[str,
 
 
 def resolve(stage: str, dataset_recipe: Mapping[str, Any], file: Mapping[str, Mapping[str, Any]],
-            sets: Mapping[str, Mapping[str, Any]], stages: list[str]) -> dict[str, Any]:
+            sets: Mapping[str, Mapping[str, Any]], stages: list[str], task: str | None = None) -> dict[str, Any]:
+    """The stage's recipe, every layer checked as it is applied (each error names its layer), and the
+    task-dependent keys checked against ``task`` when it is known."""
     unknown = [s for s in file if s != FILE_DEFAULTS_SECTION and s not in stages]
     if unknown:
         raise MedzooError(f"recipe file has a section '{unknown[0]}' that is not a stage of this chain "
@@ -127,4 +182,9 @@ def resolve(stage: str, dataset_recipe: Mapping[str, Any], file: Mapping[str, Ma
     _merge(recipe, file.get(stage), f"the recipe file's '{stage}' section")
     _merge(recipe, sets.get(FILE_DEFAULTS_SECTION), "--set")
     _merge(recipe, sets.get(stage), "--set")
+    if recipe["class_weights"] and recipe["balanced_sampling"]:
+        raise MedzooError(f"the '{stage}' stage's recipe turns on both class_weights and balanced_sampling, which "
+                          "correct the class imbalance twice; set one of them to false")
+    if task is not None:
+        check_task(recipe, task, f"the '{stage}' stage")
     return recipe

@@ -26,7 +26,11 @@ class MedzooError(Exception):
     """A user-facing error: one line that names the problem and the fix."""
 
 
-class MedzooPluginWarning(UserWarning):
+class MedzooWarning(UserWarning):
+    """Something the user should know that does not stop the run (printed as one ``medzoo: warning:`` line)."""
+
+
+class MedzooPluginWarning(MedzooWarning):
     """A plugin failed to load or raised in a hook and was skipped."""
 
 
@@ -76,12 +80,14 @@ class DatasetSpec:
 class FreezePolicySpec:
     """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=)`` sets ``requires_grad`` at each
     epoch start and may return ``{param_name: lr_scale}``. A policy that only picks another one
-    (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead."""
+    (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead. ``check(arg)`` raises MedzooError
+    on a bad argument, so a recipe naming ``lld:7`` fails when it is read, not after a stage is built."""
 
     name: str
     apply: Callable[..., Any] | None = None
     description: str = ""
     resolve: Callable[..., str] | None = None
+    check: Callable[[str | None], Any] | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     takes_arg: bool = False
     arg_help: str = ""
@@ -187,7 +193,13 @@ class Registry:
         return f"'{plugin}' (package {info.package})" if info else f"'{plugin}'"
 
     def load_entry_points(self, only: set[str] | None = None) -> None:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if only is not None:
+            available = sorted({ep.name for ep in eps})
+            for name in sorted(only - set(available)):
+                _warn(f"MEDZOO_LOAD_PLUGINS names '{name}', which no installed plugin is"
+                      f"{_did_you_mean(name, available)} (plugins: {', '.join(available)})")
+        for ep in eps:
             if only is not None and ep.name not in only:
                 continue
             dist = getattr(ep, "dist", None)

@@ -92,6 +92,7 @@ class StageTrainer:
         self.recipe, self.runtime, self.name, self.key = recipe, runtime, name, key
         self.task = source.task
         self._ensure_val_split()  # first: a stage that cannot validate fails before any model is built
+        self._metric = self._pick_metric()
         self.n_train = len(source.split("train"))
         self.workdir = store.runs_dir() / key[:16]
         self.device = _device(runtime.device)
@@ -229,8 +230,19 @@ class StageTrainer:
 
     @property
     def metric(self) -> str:
+        return self._metric
+
+    def _pick_metric(self) -> str:
         m = self.recipe["metric"]
-        return ("auc" if self.task in ("classification", "multilabel") else "dice") if m == "auto" else m
+        m = ("auc" if self.task in ("classification", "multilabel") else "dice") if m == "auto" else m
+        if m == "auc" and self.task == "classification":
+            present = {r.label for r in self.source.split("val")}
+            if len(present) < 2:  # AUC is undefined (NaN) on one class: a NaN must never crown an epoch
+                only = self.source.classes[next(iter(present))] if present else "none"
+                log(f"[{self.name}] the validation split has one class ({only}), where AUC is undefined; "
+                    "the best epoch is picked by validation loss")
+                return "loss"
+        return m
 
     def _apply_policy(self, epoch: int) -> dict[str, float]:
         ref = registry().resolve("policies", self.policy_name)

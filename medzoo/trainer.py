@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from . import data as mzdata, models, recipe as mzrecipe, store
 from .overlap import check_chain
-from .registry import MedzooError, Ref, registry
+from .registry import MedzooError, Ref, did_you_mean, registry
 from .stage import Parent, Runtime, StageResult, StageTrainer, log  # noqa: F401 — StageTrainer re-exported
 
 FORMAT = 1  # bump when a change to training makes old checkpoints non-reusable
@@ -39,11 +39,17 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     """Train a chain; returns one result per training stage. ``overrides``: ``["inbreast.epochs=5"]`` or
     ``{"inbreast": {"epochs": 5}}``."""
     runtime = runtime or Runtime(**runtime_kw)
-    stages = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else list(stages)
-    if not stages or not all(stages):
+    text = stages if isinstance(stages, str) else ",".join(stages)
+    stages = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else [str(s).strip() for s in stages]
+    if not any(stages):
         raise MedzooError("--stages is empty; write e.g. --stages imagenet,medagg,inbreast")
+    if not all(stages):
+        where = stages.index("") + 1
+        raise MedzooError(f"--stages '{text}' has an empty name at position {where} (a stray comma?); "
+                          f"write e.g. --stages {','.join(s for s in stages if s)}")
     arch_ref = registry().resolve("archs", arch)
     first, datasets = _split_source(stages)
+    _check_source(first)
     if not datasets:
         raise MedzooError(f"--stages '{','.join(stages)}' has no training stage after the source '{first}'; "
                           "add a dataset, e.g. --stages imagenet,phantom_agg")
@@ -53,15 +59,19 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     file = mzrecipe.read_recipe_file(recipe_file)
     # Open and check every dataset and recipe before anything trains: a typo in the last stage must not
     # cost the first stage's hours, nor leave anything behind.
-    recipes = [mzrecipe.resolve(d, registry().resolve("datasets", d).spec.recipe, file, sets, datasets)
-               for d in datasets]
+    specs = [registry().resolve("datasets", d).spec for d in datasets]
+    # a dataset with an argument may change its task (medmnist:chestmnist is multilabel): checked once opened
+    recipes = [mzrecipe.resolve(d, spec.recipe, file, sets, datasets, task=None if spec.takes_arg else spec.task)
+               for d, spec in zip(datasets, specs)]
     sources = {}
     for d, r in zip(datasets, recipes):
         key = (d, json.dumps(r["preprocess"], sort_keys=True))
         if key not in sources:
-            sources[key] = mzdata.open_dataset(d, runtime.data_roots.get(d), preprocess=r["preprocess"],
-                                               skip_bad=runtime.skip_bad)
+            sources[key] = mzdata.open_dataset(d, mzdata.root_for(runtime.data_roots, d), preprocess=r["preprocess"],
+                                               skip_bad=runtime.skip_bad, trainable=True)
     source_of = [sources[(d, json.dumps(r["preprocess"], sort_keys=True))] for d, r in zip(datasets, recipes)]
+    for d, r, src in zip(datasets, recipes, source_of):
+        mzrecipe.check_task(r, src.task, f"the '{d}' stage")
     stage_archs = [arch_for_task(arch_ref, src.task, d) for d, src in zip(datasets, source_of)]
     for src in source_of:  # the validation split each stage will carve, so the overlap check sees it
         if not src.split("val"):
@@ -86,6 +96,24 @@ def _split_source(stages: list[str]) -> tuple[str, list[str]]:
     if is_dataset and not is_source:
         return "imagenet", stages
     return first, stages[1:]
+
+
+def _check_source(first: str) -> None:
+    """The chain's first name is a stored checkpoint or a weight source; a typo of a checkpoint name gets
+    its did-you-mean here, before any dataset is opened."""
+    if store.find_local(first) is not None:
+        return
+    try:
+        registry().resolve("sources", first)
+    except MedzooError as exc:
+        root = store.checkpoints_dir()
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
+        hint = did_you_mean(first, names)
+        if not hint:
+            raise
+        raise MedzooError(f"'{first}' is neither a weight source nor a stored checkpoint{hint} "
+                          "(`medzoo list weights` shows the checkpoints)") from None
 
 
 def arch_for_task(arch_ref: Ref, task: str, dataset: str) -> Ref:

@@ -3,13 +3,15 @@ and ``dicom:<folder>`` (DICOM files with a labels.csv); plus ``medzoo data check
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
 
 from medzoo import hookimpl
-from medzoo.data import SPLITS, Record, assign_splits, bad_input, check_leakage
-from medzoo.registry import DatasetSpec, MedzooError
+from medzoo.data import (DATA_ROOT_HELP, SPLITS, Record, assign_splits, bad_input, check_leakage,
+                         parse_data_roots, root_for, skipping_bad)
+from medzoo.registry import DatasetSpec, MedzooError, MedzooWarning
 
 from .imaging import FileSource, dicom_header, image_names, is_dicom, read_csv_rows, recipe
 
@@ -30,6 +32,7 @@ def open_imagefolder(*, root=None, arg=None) -> FileSource:
     split_dirs = [s for s in SPLITS if (top / s).is_dir()]
     layout = [(s, top / s) for s in split_dirs] if split_dirs else [(None, top)]
     classes = sorted({d.name for _, base in layout for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    warn_near_duplicate_classes(classes, str(top))
     if not classes:
         raise MedzooError(f"imagefolder: {top} has no class sub-folders; put each class's images in <folder>/<class>/")
     records = []
@@ -60,6 +63,7 @@ def _labelled_rows(table: Path) -> tuple[list[str], list[Record]]:
     if path_col is None or "label" not in cols:
         raise MedzooError(f"{table}: needs columns 'path' and 'label' (has {', '.join(sorted(cols))})")
     classes = sorted({r["label"] for r in rows if r["label"]})
+    warn_near_duplicate_classes(classes, str(table))
     records = []
     for line, row in enumerate(rows, start=2):
         rel = row[path_col]
@@ -82,6 +86,35 @@ def _labelled_rows(table: Path) -> tuple[list[str], list[Record]]:
     else:
         check_leakage(records, str(table))
     return classes, records
+
+
+def read_all(source, skip_bad: bool) -> list[str]:
+    """Read every image (and mask) of ``source``; the problems of the bad ones, or an error at the first
+    when ``skip_bad`` is off (as training would fail on it)."""
+    from tqdm.auto import tqdm
+
+    bad = []
+    with skipping_bad(skip_bad) as skipped:
+        for r in tqdm(source.records, desc=f"reading {source.name}", unit="img", leave=False, disable=None):
+            try:
+                source.read(r)
+                if source.task == "segmentation":
+                    source.read_mask(r)
+            except MedzooError as exc:
+                bad_input(r.id, str(exc))
+        bad = list(skipped or [])
+    return bad
+
+
+def warn_near_duplicate_classes(classes: list[str], where: str) -> None:
+    """'A' next to 'a' (or 'Benign' next to 'benign ') silently makes one more class: say so."""
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(c.strip().casefold(), []).append(c)
+    for same in (g for g in groups.values() if len(g) > 1):
+        warnings.warn(f"{where}: labels {', '.join(repr(c) for c in same)} differ only by case or surrounding "
+                      f"spaces and count as {len(same)} classes; write them the same way if they are one class",
+                      MedzooWarning, stacklevel=2)
 
 
 def open_csv(*, root=None, arg=None) -> FileSource:
@@ -124,23 +157,26 @@ def register_commands(cli):
 
     @group.command("check")
     @click.argument("name")
-    @click.option("--data-root", type=click.Path(), help="Where the dataset is (else MEDZOO_DATA_<NAME> or MEDZOO_DATA).")
-    @click.option("--skip-bad", is_flag=True, help="Leave out bad rows and files instead of failing.")
+    @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+    @click.option("--skip-bad", is_flag=True, help="List and count bad rows and files instead of failing on the first.")
+    @click.option("--quick", is_flag=True, help="Check labels, splits and classes only; don't read every image.")
     @click.option("--verify", is_flag=True,
                   help="Re-hash every file, even those whose size and mtime are unchanged (cp -p, rsync -a, unzip).")
-    def check(name, data_root, skip_bad, verify):
-        """Open a dataset: images per split and class, patients, leakage check, fingerprint."""
+    def check(name, data_roots, skip_bad, quick, verify):
+        """Open a dataset and read every image: images per split and class, patients, leakage check, bad
+        files, fingerprint. Fails as training would (one class, no training images, a bad file)."""
         from collections import Counter
 
         from medzoo.data import open_dataset
 
-        src = open_dataset(name, data_root, skip_bad=skip_bad)
+        src = open_dataset(name, root_for(parse_data_roots(data_roots), name), skip_bad=skip_bad, trainable=True)
         if verify:
             changed = src.verify()
             for path in changed:
                 click.echo(f"changed: {path} (same size and mtime, different bytes)")
             click.echo(f"verified: re-hashed every file; {len(changed)} changed under an unchanged size and mtime"
                        + ("; the next train sees the new content" if changed else ""))
+        bad_files = [] if quick else read_all(src, skip_bad)
         click.echo(f"{src.name}: {len(src.records)} images, task {src.task}, fingerprint {src.fingerprint()[:16]}")
         for split in SPLITS:
             rows = src.split(split)
@@ -151,16 +187,23 @@ def register_commands(cli):
             else:
                 detail = ""
             click.echo(f"  {split}: {len(rows)} images, {patients} patients  {detail}".rstrip())
-        for problem in src.meta.get("skipped", []):
-            click.echo(f"  skipped {problem}")
+        rows = src.meta.get("skipped", [])
+        if rows:
+            click.echo(f"  {len(rows)} bad row(s) or file(s) left out by the reader:")
+            for problem in rows:
+                click.echo(f"    {problem}")
+        if bad_files:
+            click.echo(f"  {len(bad_files)} unreadable image(s) of {len(src.records)}, left out with --skip-bad:")
+            for problem in bad_files:
+                click.echo(f"    {problem}")
 
     @group.command("cache")
     @click.argument("name")
-    @click.option("--data-root", type=click.Path())
+    @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
     @click.option("--size", type=int, help="Side of the cached square images (default: the dataset's recipe).")
     @click.option("--clahe", type=float, help="CLAHE clip limit, 0 for none.")
     @click.option("--skip-bad", is_flag=True)
-    def cache(name, data_root, size, clahe, skip_bad):
+    def cache(name, data_roots, size, clahe, skip_bad):
         """Preprocess a dataset once into the memory-mapped cache (as training would)."""
         from medzoo.cache import PreprocessConfig
         from medzoo.data import open_dataset
@@ -168,7 +211,8 @@ def register_commands(cli):
 
         cfg = dict(registry().resolve("datasets", name).spec.recipe.get("preprocess", {}))
         cfg.update({k: v for k, v in (("size", size), ("clahe", clahe)) if v is not None})
-        src = open_dataset(name, data_root, preprocess=PreprocessConfig.from_dict(cfg), skip_bad=skip_bad)
+        src = open_dataset(name, root_for(parse_data_roots(data_roots), name), preprocess=PreprocessConfig.from_dict(cfg),
+                           skip_bad=skip_bad)
         click.echo(f"{src.name}: {len(src.records)} images cached in {src.meta['cache']}")
 
 

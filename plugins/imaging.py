@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 from medzoo.cache import PreprocessConfig
 from medzoo.data import DataSource, Record
 from medzoo.recipe import DEFAULTS as RECIPE_KEYS
-from medzoo.registry import MedzooError
+from medzoo.registry import MedzooError, MedzooWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 SKIP_BAD = "re-download or remove it, or pass --skip-bad to leave it out"
@@ -79,6 +80,8 @@ def read_dicom(path: str | Path, *, window: tuple[float, float] | None = None, f
     try:
         arr = ds.pixel_array
     except Exception as exc:
+        if syntax is not None and syntax.is_compressed:
+            _undecodable(path, syntax, exc)
         raise MedzooError(f"{path}: corrupt or truncated DICOM pixel data ({_first_line(exc)}); {SKIP_BAD}") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -98,6 +101,20 @@ def read_dicom(path: str | Path, *, window: tuple[float, float] | None = None, f
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         y = 1.0 - y
     return (y * 65535 + 0.5).astype(np.uint16)
+
+
+def _undecodable(path, syntax, exc: Exception) -> None:
+    """An installed decoder failed and another package could decode this syntax (12-bit JPEG needs
+    pylibjpeg-libjpeg or GDCM; Pillow reads 8-bit only): name the missing package, not corruption."""
+    from pydicom.pixels import get_decoder
+
+    missing = get_decoder(syntax).missing_dependencies
+    if not missing:
+        return
+    why = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    raise MedzooError(f"{path}: pixel data is compressed as '{syntax.name}', which the installed decoder could not "
+                      f"decode ({why[0] if why else _first_line(exc)}); install one of: {'; '.join(missing)} "
+                      "(e.g. pip install pylibjpeg pylibjpeg-libjpeg, or pip install python-gdcm)") from None
 
 
 def _window(x: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -127,11 +144,47 @@ def _first_line(exc: BaseException) -> str:
 
 # -- image files -----------------------------------------------------------------------------------
 
-def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
-    """Any supported image file as H×W or H×W×3 RGB (uint8 or uint16; alpha dropped); ``grey`` converts
-    colour to one channel (X-ray and CT saved as RGB PNG/JPEG)."""
+def _cv2():
     import cv2
 
+    # OpenCV prints its own [ WARN]/[ERROR] lines for a corrupt file before medzoo's one-line error
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return cv2
+
+
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+_LOW_RANGE_WARNED: set[tuple[str, int]] = set()
+
+
+def scale_16bit(img: np.ndarray, path: str | Path = "") -> np.ndarray:
+    """A 16-bit image file stretched from its bit depth to the full 16-bit range.
+
+    Detectors write 10-, 12- or 14-bit values into 16-bit PNG/TIFF files; read as 16-bit they come out
+    nearly black (a 12-bit image uses 0..4095 of 0..65535). The depth is the smallest of 8/10/12/14/16 bits
+    that holds the image's largest value, so images of one detector are scaled alike; an image that uses
+    under 1/16 of the 16-bit range (largest value below 4096) is reported once per folder and depth."""
+    if img.dtype != np.uint16 or img.size == 0:
+        return img
+    top = int(img.max())
+    bits = next(b for b in BIT_DEPTHS if top < (1 << b))
+    if bits == 16:
+        return img
+    if bits <= 12:
+        key = (str(Path(path).parent), bits)
+        if key not in _LOW_RANGE_WARNED:
+            _LOW_RANGE_WARNED.add(key)
+            warnings.warn(f"{path}: a 16-bit image whose values stop at {top} (under 1/16 of the 16-bit range); "
+                          f"read as {bits}-bit data and scaled to the full range (docs/datasets/README.md)",
+                          MedzooWarning, stacklevel=2)
+    scaled = img.astype(np.float32) * (65535.0 / ((1 << bits) - 1)) + 0.5
+    return np.minimum(scaled, 65535).astype(np.uint16)
+
+
+def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
+    """Any supported image file as H×W or H×W×3 RGB (uint8 or uint16; alpha dropped); ``grey`` converts
+    colour to one channel (X-ray and CT saved as RGB PNG/JPEG). 16-bit files holding fewer bits are
+    scaled by their bit depth (:func:`scale_16bit`)."""
+    cv2 = _cv2()
     path = Path(path)
     if is_dicom(path):
         img = read_dicom(path)
@@ -145,6 +198,7 @@ def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
             raise MedzooError(f"{path}: not a readable image (corrupt, truncated or not an image file); {SKIP_BAD}")
         if img.ndim == 3:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        img = scale_16bit(img, path)
     if grey and img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     return img
@@ -218,7 +272,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 def clahe(img: np.ndarray, clip: float, tiles: int = 8) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation with OpenCV (uint8 or uint16 kept; colour images
     equalised on their lightness only)."""
-    import cv2
+    cv2 = _cv2()
 
     if img.dtype not in (np.uint8, np.uint16):
         img = (np.clip(img, 0, 1) * 65535 + 0.5).astype(np.uint16)
@@ -318,7 +372,7 @@ def find_dir(root: Path, *candidates: str) -> Path:
 # -- recipes ----------------------------------------------------------------------------------------
 
 BASE_RECIPE = dict(epochs=30, batch_size=32, optimizer="adamw", lr=3e-4, weight_decay=0.05, schedule="cosine",
-                   warmup_epochs=2, image_size=224, augment="light", loss="ce", class_weights=False,
+                   warmup_epochs=2, image_size=224, augment="light", loss="auto", class_weights=False,
                    balanced_sampling=False, patience=8, freeze="auto", seed=0)
 
 

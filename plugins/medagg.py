@@ -94,7 +94,7 @@ def register_datasets(register):
                     "medagg:modality or medagg:body_part for coarse labels",
         takes_arg=True, arg_required=False, arg_help="fine|modality|body_part",
         recipe=recipe(epochs=15, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=1, augment="strong",
-                      balanced_sampling=True, patience=4, freeze="none",
+                      balanced_sampling=True, patience=4, freeze="full",
                       preprocess={"size": 224, "fit": "stretch"})))
 
 

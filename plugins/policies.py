@@ -54,28 +54,41 @@ def apply_gradual(model, arg=None, epoch=0, **ctx):
     _top(model, min(groups, epoch // every), "gradual")
 
 
-def apply_lld(model, arg=None, **ctx):
-    from timm.optim import param_groups_layer_decay
-
+def _decay(arg) -> float:
     try:
         decay = float(arg)
     except (TypeError, ValueError):
         decay = -1.0
     if not 0 < decay <= 1:
         raise MedzooError(f"freeze policy 'lld' needs a decay in (0, 1], as in 'lld:0.75' (got '{arg}')")
+    return decay
+
+
+def apply_lld(model, arg=None, **ctx):
+    from timm.optim import param_groups_layer_decay
+
+    decay = _decay(arg)
     apply_full(model)
     names = {id(p): n for n, p in model.named_parameters()}
     return {names[id(p)]: g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=decay)
             for p in g["params"]}
 
 
+def _thresholds(arg) -> tuple[int, int]:
+    if not arg:
+        return AUTO_SMALL, AUTO_LARGE
+    try:
+        small, large = (int(x) for x in arg.split(","))
+    except ValueError:
+        small = large = -1
+    if not 0 <= small <= large:
+        raise MedzooError(f"freeze policy 'auto' takes two thresholds 0 ≤ SMALL ≤ LARGE, as in 'auto:1000,10000' "
+                          f"(got '{arg}')")
+    return small, large
+
+
 def resolve_auto(arg=None, n_train=0, task="classification", **ctx) -> str:
-    small, large = AUTO_SMALL, AUTO_LARGE
-    if arg:
-        try:
-            small, large = (int(x) for x in arg.split(","))
-        except ValueError:
-            raise MedzooError(f"freeze policy 'auto' takes two thresholds, as in 'auto:1000,10000' (got '{arg}')") from None
+    small, large = _thresholds(arg)
     if task == "segmentation":  # groups are encoder · decoder · head: a small set trains the decoder on a frozen encoder
         return "top:1" if n_train < large else "full"
     if n_train < small:
@@ -90,18 +103,20 @@ def register_freeze_policies(register):
                                                   "norm/conv that timm groups with it); frozen BatchNorm stays in eval mode"))
     register(FreezePolicySpec("top", apply_top, "train the last K block groups (timm's coarse group matcher: stem, "
                                                 "stages, head) plus the head", takes_arg=True, arg_help="K",
+                              check=lambda arg: _int(arg, "top"),
                               params={"K": "number of block groups below the head that train"}))
     register(FreezePolicySpec("gradual", apply_gradual, "start with the head; unfreeze one more block group from the "
                                                         "top every N epochs", takes_arg=True, arg_required=False,
+                              check=lambda arg: _int(arg, "gradual", default=1),
                               arg_help="N", params={"N": "epochs between unfreezing steps (default 1)"}))
     register(FreezePolicySpec("lld", apply_lld, "train everything with layer-wise learning-rate decay: the lr of "
                                                 "a layer d groups below the head is scaled by DECAY**d (timm's "
-                                                "param_groups_layer_decay)", takes_arg=True, arg_help="DECAY",
+                                                "param_groups_layer_decay)", takes_arg=True, arg_help="DECAY", check=_decay,
                               params={"DECAY": "per-layer lr factor in (0, 1], e.g. 0.75"}))
     register(FreezePolicySpec(
         "auto", None, f"by training-set size: head below {AUTO_SMALL} images, top:{AUTO_TOP} below {AUTO_LARGE}, "
                       f"full above; segmentation models (encoder · decoder · head) train top:1 — the decoder and "
                       f"head on a frozen encoder — below {AUTO_LARGE}, full above",
-        resolve=resolve_auto, takes_arg=True, arg_required=False, arg_help="SMALL,LARGE",
+        resolve=resolve_auto, check=_thresholds, takes_arg=True, arg_required=False, arg_help="SMALL,LARGE",
         params={"SMALL": f"head-only below this many training images (default {AUTO_SMALL})",
                 "LARGE": f"top:{AUTO_TOP} below this many, full above (default {AUTO_LARGE})"}))
