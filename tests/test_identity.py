@@ -65,7 +65,7 @@ def test_changed_pixels_retrain_the_stage_and_rebuild_the_cache_and_verify_catch
     assert (png.stat().st_size, png.stat().st_ino) == (st.st_size, st.st_ino)
     assert not _cached_equals_file(root, "000.png")
     # …`data check --verify` re-hashes every file and names the changed one…
-    out = run_cli("data", "check", "head_ct", "--data-root", str(root), "--verify").stdout
+    out = run_cli("data", "check", "head_ct", "--data-root", f"head_ct={root}", "--verify").stdout
     assert f"changed: {png}" in out and "1 changed" in out
     # …and the next train sees the new content: retrains on a rebuilt cache holding the new pixels
     capsys.readouterr()
