@@ -216,20 +216,16 @@ def _hub(fn, doing: str, repo_id: str):
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    # huggingface_hub talks through httpx (1.x+) or requests (0.x); neither's errors are OSErrors
-    errors: list[type[BaseException]] = []
-    try:
-        import httpx
+    # connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x): not OSErrors
+    import importlib
 
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    try:
-        import requests
-
-        errors.append(requests.RequestException)
-    except ImportError:
-        pass
+    errors = []
+    for module in ("httpx2", "httpx", "requests"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors.append(getattr(mod, "RequestException", None) or getattr(mod, "HTTPError"))
     return tuple(errors)
 
 

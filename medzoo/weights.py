@@ -76,9 +76,11 @@ def header_problem(path: str | Path) -> str | None:
 
 def _looks_pickled(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(2)
-    # torch.save writes a zip ('PK'), or a raw pickle (protocol byte 0x80) with the legacy format
-    return path.suffix in PICKLE_SUFFIXES or head == b"PK" or head[:1] == b"\x80"
+        head = f.read(3)
+    # Only to word the refusal: torch.save writes a zip ('PK'), or a raw pickle (PROTO 0x80, protocol 2-5, then
+    # an opcode, never 0). A safetensors header length starting 0x80 is followed by zero bytes up to 16 MB.
+    return path.suffix in PICKLE_SUFFIXES or head[:2] == b"PK" or (
+        len(head) == 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] != 0)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
