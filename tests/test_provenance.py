@@ -296,3 +296,20 @@ def test_a_connection_lost_mid_upload_is_one_line_and_leaves_nothing(ckpt, hub, 
     assert "ConnectError" in line and REPO in line and "local checkpoint is unchanged" in line
     assert list(scratch.iterdir()) == []
     assert _snapshot(store.get_local(ckpt).path) == before
+
+
+def test_a_medagg_build_takes_the_most_restrictive_licence_of_its_sources(tmp_path, monkeypatch):
+    from medzoo.data import open_dataset
+    from medzoo_plugins.medagg_build import BuildConfig, build_medagg
+
+    g.make_medmnist(tmp_path / "mm", "breastmnist", 28)
+    g.make_medmnist(tmp_path / "mm", "dermamnist", 28, channels=3, labels=3, seed=7)
+    monkeypatch.setenv("MEDZOO_DATA_MEDMNIST", str(tmp_path / "mm"))
+    sources = [("medmnist:breastmnist", None), ("medmnist:dermamnist", None)]
+    build_medagg(BuildConfig(sources, tmp_path / "out", size=28, label="modality", hash_distance=-1))
+    info = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert info["licenses"] == {"breastmnist": "cc-by-4.0", "dermamnist": "cc-by-nc-4.0"}
+    assert open_dataset("medagg", tmp_path / "out").meta["license"] == "cc-by-nc-4.0"
+    info.pop("license")  # a build from before licences were recorded: unknown, never a guess
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(info))
+    assert open_dataset("medagg", tmp_path / "out").meta["license"] == "unknown"
