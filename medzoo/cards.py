@@ -4,11 +4,11 @@ huggingface_hub's ``ModelCard``/``ModelCardData`` (the YAML metadata block is th
 from __future__ import annotations
 
 import math
-import re
 from importlib import resources
 from typing import Any
 
-from . import store
+from . import licenses, store
+from .lineage import Lineage, SourceRecord, StageRecord
 from .registry import MedzooError, registry
 
 TEMPLATES = {"classification": "classification.md", "multilabel": "classification.md",
@@ -60,47 +60,55 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def base_model(lineage: dict[str, Any]) -> str | None:
+def base_model(lineage: Lineage) -> str | None:
     """The Hub id of the chain's starting weights, when they have one."""
-    source = lineage.get("source") or {}
-    name, tag = source.get("name", ""), source.get("tag", "")
-    if name.startswith("imagenet") and lineage.get("timm_name"):
+    name, tag = lineage.source.name, lineage.source.tag
+    if name.startswith("imagenet") and lineage.timm_name:
         upstream = tag.partition(":")[2]
-        return f"timm/{lineage['timm_name']}" + (f".{upstream}" if upstream and upstream != "default" else "")
+        return f"timm/{lineage.timm_name}" + (f".{upstream}" if upstream and upstream != "default" else "")
     if name.startswith("hf-hub:"):
         return name[len("hf-hub:"):].partition("@")[0]
     return None
 
 
-def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any]):
+def card_license(ckpt: store.Checkpoint, override: str | None = None) -> str:
+    """The card's licence id: ``override`` (``--license``) when given, else what the lineage inherits."""
+    return licenses.license_id(override) if override else ckpt.lineage.license()
+
+
+def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any], *, license: str | None = None):
     """The card's metadata (license, tags, datasets, base model, model-index results)."""
     from huggingface_hub import EvalResult, ModelCardData
 
     lin = ckpt.lineage
-    stages = lin.get("stages") or []
-    task = lin.get("task") or "classification"
+    stages = lin.stages
+    task = lin.task
     pipeline = PIPELINE_TAGS.get(task, "image-classification")
-    licence = store.most_restrictive([s.get("license") or "" for s in stages])
-    hf = store.hf_license(licence)
-    modalities = sorted({s.get("modality") for s in stages if s.get("modality")})
-    last = stages[-1]["dataset"] if stages else "unknown"
+    hf = card_license(ckpt, license)
+    modalities = sorted({s.modality for s in stages if s.modality})
+    last = _public(stages[-1].dataset) if stages else "unknown"
     split = "test" if metrics.get("split") == "test" else "validation"
     results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split=split,
                           metric_type=k, metric_name=f"{split} {k}", metric_value=round(v, 6))
                for k, v in finite_metrics(metrics).items()]
-    extra = {"license_name": re.sub(r"[^a-z0-9]+", "-", licence.lower()).strip("-") or "custom"} if hf == "other" else {}
+    extra = {"license_name": "custom", "license_link": "LICENSE"} if hf == "other" else {}
     library = library_of(ckpt)
     return ModelCardData(
         license=hf, library_name=HF_LIBRARIES.get(library), pipeline_tag=pipeline, model_name=ckpt.name,
         tags=["medical-imaging", "transfer-learning", "medzoo", HF_LIBRARIES.get(library, library), pipeline,
               *modalities],
-        datasets=list(dict.fromkeys(s["dataset"] for s in stages)) or None, base_model=base_model(lin),
+        datasets=list(dict.fromkeys(_public(s.dataset) for s in stages)) or None, base_model=base_model(lin),
         eval_results=results or None, **extra)
+
+
+def _public(dataset: str) -> str:
+    # checkpoints written before schema 2 may record a path-given dataset with its path
+    return store.public_dataset(dataset)
 
 
 def library_of(ckpt: store.Checkpoint) -> str:
     """The library that builds the model: timm for classifiers, else what the checkpoint records."""
-    if (ckpt.lineage.get("task") or "classification") != "segmentation":
+    if ckpt.lineage.task != "segmentation":
         return "timm"
     return ckpt.config.get("library") or "unknown"
 
@@ -115,47 +123,72 @@ def _init_text(ckpt: store.Checkpoint) -> dict[str, str]:
     return {"init_module": module, "init_class": cls, "init_call": f"{cls}({args})"}
 
 
-def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> str:
-    """README.md for a checkpoint (what `medzoo card` prints and `medzoo publish` uploads)."""
+def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None,
+           license: str | None = None) -> str:
+    """README.md for a checkpoint (what `medzoo card` prints and `medzoo publish` uploads). ``repo_id`` must
+    already be valid (``hub.check_repo_id``): it is written into the card's code blocks."""
     from huggingface_hub import ModelCard
 
     lin, config = ckpt.lineage, ckpt.config
-    task = lin.get("task") or "classification"
+    task = lin.task
     if task not in TEMPLATES:
         raise MedzooError(f"no model card template for {task} checkpoints yet (model_cards/ has "
                           f"{', '.join(sorted(set(TEMPLATES.values())))}); see docs/zoo.md")
     metrics = metrics if metrics is not None else evaluation_metrics(ckpt)
-    data = card_data(ckpt, metrics)
-    stages = lin.get("stages") or []
+    data = card_data(ckpt, metrics, license=license)
     rows = []
-    for s in stages:
-        best = s.get("best") or {}
-        rows.append({**s, "n_train": s.get("n_train", "?"),
+    for s in lin.stages:
+        best = s.best
+        d = s.data or {}
+        rows.append({"dataset": _public(s.dataset), "task": s.task, "modality": s.modality, "freeze": s.freeze,
+                     "epochs_run": s.epochs_run, "n_train": s.n_train if s.n_train is not None else "?",
+                     "license": s.license, "license_url": s.license_url,
+                     "data_text": (f"{d.get('records', '?')} records, fingerprint `{str(d.get('fingerprint', ''))[:16]}`"
+                                   if d else f"fingerprint `{s.fingerprint[:16]}`"),
+                     "overlap_text": _overlap_text(s.overlap),
                      "best_text": f"{best.get('metric')} {_fmt(best['value'])} (epoch {best.get('epoch')})"
-                     if isinstance(best.get("value"), (int, float)) else "–",
-                     "classes_text": ", ".join(s.get("classes") or []) or "–"})
-    source = lin.get("source") or {}
+                     if s.best_value is not None else "–",
+                     "classes_text": ", ".join(s.classes) or "–"})
+    source = lin.source
     pcfg = config.get("pretrained_cfg") or {}
-    licence = store.most_restrictive([s.get("license") or "" for s in stages])
-    timm_name = lin.get("timm_name")
+    licence = card_license(ckpt, license)
+    timm_name = lin.timm_name
     library = library_of(ckpt)
     template = resources.files("medzoo_model_cards").joinpath(TEMPLATES[task]).read_text()
     card = ModelCard.from_template(
         data, template_str=template, name=ckpt.name, repo_id=repo_id or f"<org>/{ckpt.name}",
-        arch=lin.get("arch", "?"), timm_name_text=f"timm `{timm_name}`" if timm_name else "not a stock timm model",
-        chain=" → ".join([source.get("name", "?")] + [s["dataset"] for s in stages]),
-        task_sentence=f"Task of the final stage: {task}.", source_text=f"{source.get('name', '?')} "
-        f"(`{source.get('tag', '?')}`)", stages=rows, weights_sha256=lin.get("weights_sha256", "?"),
-        license_text=licence or "unknown", source_license_note=_source_note(source),
-        last_dataset=stages[-1]["dataset"] if stages else "?", best_epoch=metrics.get("best_epoch", "?"),
+        arch=lin.arch, timm_name_text=f"timm `{timm_name}`" if timm_name else "not a stock timm model",
+        chain=" → ".join([source.name] + [r["dataset"] for r in rows]),
+        task_sentence=f"Task of the final stage: {task}.", source_text=f"{source.name} (`{source.tag or '?'}`)",
+        source_license=source.license or "–", stages=rows, weights_sha256=lin.weights_sha256 or "?",
+        license_text=licence, license_given=bool(license), inherited_license=lin.license(),
+        source_license_note=_source_note(source), upstream=_upstream(source),
+        last_dataset=rows[-1]["dataset"] if rows else "?", best_epoch=metrics.get("best_epoch", "?"),
         eval_rows=[{"name": k, "value": _fmt(v) + _ci_text(k, metrics)} for k, v in finite_metrics(metrics).items()],
         eval_split=metrics.get("split"), eval_images=metrics.get("n_images", "?"),
-        in_chans=lin.get("in_chans", 3), image_size=lin.get("image_size", "?"), mean=pcfg.get("mean"),
-        std=pcfg.get("std"), label_names=config.get("label_names") or [], citations=_citations(ckpt, stages),
-        num_classes=config.get("num_classes", "?"), library=library,
+        in_chans=lin.in_chans, image_size=lin.image_size or "?", mean=pcfg.get("mean"),
+        std=pcfg.get("std"), label_names=ckpt.label_names or [], citations=_citations(ckpt, lin.stages),
+        num_classes=ckpt.num_classes, library=library,
         lineage_file="medzoo.json" if library == "segmentation_models_pytorch" else "config.json",
         **_init_text(ckpt))
     return str(card)
+
+
+def _overlap_text(overlap: dict[str, Any] | None) -> str:
+    if not overlap:
+        return ""
+    examples = ", ".join(str(e) for e in (overlap.get("examples") or [])[:3])
+    return (f"{overlap.get('pairs', '?')} image pair(s) of this stage's evaluation data also appear in earlier "
+            f"training data; trained anyway with --allow-overlap" + (f" (e.g. {examples})" if examples else ""))
+
+
+def _upstream(source: SourceRecord) -> dict[str, Any] | None:
+    """What the card says about upstream weights that recorded their provenance."""
+    if not any((source.url, source.method, source.citation, source.license)) and source.redistributable:
+        return None
+    return {"method": source.method, "url": source.url, "license": source.license,
+            "license_url": source.license_url or (licenses.url_of(source.license) if source.license else None),
+            "citation": source.citation, "redistributable": source.redistributable}
 
 
 def _ci_text(key: str, metrics: dict[str, Any]) -> str:
@@ -172,10 +205,9 @@ def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
     import json
 
     lin = ckpt.lineage
-    stages = lin.get("stages") or []
-    if stages:
-        ev = (lin.get("evaluations") or {}).get(f"{stages[-1]['dataset']}-test") or {}
-        if ev.get("weights_sha256") == lin.get("weights_sha256") and finite_metrics(ev.get("metrics") or {}):
+    if lin.last is not None:
+        ev = lin.evaluations.get(f"{lin.last.dataset}-test") or {}
+        if ev.get("weights_sha256") == lin.weights_sha256 and finite_metrics(ev.get("metrics") or {}):
             return {"split": "test", "n_images": ev.get("n_images"), **ev["metrics"]}
     path = ckpt.path / "metrics.json"
     if path.is_file():
@@ -185,16 +217,15 @@ def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
             raise MedzooError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
         if isinstance(metrics, dict) and finite_metrics(metrics):
             return metrics
-    stages = ckpt.lineage.get("stages") or []
-    last = stages[-1] if stages else {}
-    val = dict(last.get("val_metrics") or {})
-    if val and (last.get("best") or {}).get("epoch") is not None:
-        val["best_epoch"] = last["best"]["epoch"]
+    last = lin.last
+    val = dict(last.val_metrics) if last else {}
+    if val and last.best.get("epoch") is not None:
+        val["best_epoch"] = last.best["epoch"]
     return val
 
 
-def _source_note(source: dict[str, Any]) -> str:
-    name = source.get("name", "")
+def _source_note(source: SourceRecord) -> str:
+    name = source.name
     if name.startswith("imagenet"):
         return ("The chain started from timm's ImageNet weights; ImageNet's terms of access restrict "
                 "commercial use, so check them before any commercial use of these weights.")
@@ -203,20 +234,23 @@ def _source_note(source: dict[str, Any]) -> str:
     return ""
 
 
-def _citations(ckpt: store.Checkpoint, stages: list[dict[str, Any]]) -> list[str]:
+def _citations(ckpt: store.Checkpoint, stages: list[StageRecord]) -> list[str]:
     lin = ckpt.lineage
-    timm_name = (lin.get("timm_name") or lin.get("arch") or "").lower()
+    timm_name = (lin.timm_name or lin.arch or "").lower()
     out = [c for key, c in SEGMENTATION_CITATIONS.items() if timm_name.startswith(key)]
     out += [c for key, c in ARCH_CITATIONS.items() if key in timm_name][:1]
     library = library_of(ckpt)
     if library in LIBRARY_CITATIONS:
         out.append(LIBRARY_CITATIONS[library])
+    if lin.source.citation:
+        out.append(f"{lin.source.name} (upstream weights): {lin.source.citation}")
     for s in stages:
-        spec = registry().entries["datasets"].get(s["dataset"].partition(":")[0])
-        if spec is not None and spec.docs:
-            out.append(f"{s['dataset']}: {spec.description or s['dataset']} — cite as described in {spec.docs}")
-        elif spec is not None and "generated" in (spec.license or ""):
-            out.append(f"{s['dataset']}: synthetic data generated by medzoo (nothing to cite).")
+        name = _public(s.dataset)
+        spec = registry().entries["datasets"].get(s.dataset.partition(":")[0])
+        if spec is not None and spec.modality == "synthetic":
+            out.append(f"{name}: synthetic data generated by medzoo (nothing to cite).")
+        elif spec is not None and spec.docs:
+            out.append(f"{name}: {spec.description or name} — cite as described in {spec.docs}")
         else:
-            out.append(f"{s['dataset']}: cite the dataset as its authors ask (see its documentation).")
+            out.append(f"{name}: cite the dataset as its authors ask (see its documentation).")
     return out + METHOD_CITATIONS

@@ -73,7 +73,10 @@ def list_cmd(kind, as_json):
         if as_json:
             click.echo(json.dumps(rows, indent=2, default=str))
         else:
-            print_table(rows, ("name", "chain", "task", "best", "where"))
+            print_table(rows, ("name", "chain", "task", "best", "variant", "where"))
+            for r in rows:
+                if r.get("broken"):
+                    click.echo(f"broken: {r['name']}: {r['broken']}", err=True)
         return
     rows = []
     for s in registry().list(kind):
@@ -87,26 +90,59 @@ def list_cmd(kind, as_json):
 
 
 def weights_rows() -> list[dict]:
-    """Local checkpoints, then catalogue entries not shadowed by a local one (``medzoo.load`` looks in that order)."""
+    """Local checkpoints (broken folders marked, not fatal), then catalogue entries not shadowed by a local
+    one (``medzoo.load`` looks in that order)."""
     from . import store, zoo
 
     rows = []
-    for ckpt in store.list_local():
+    good, broken = store.scan_local()
+    variants = variant_texts(good)
+    for ckpt in good:
         lin = ckpt.lineage
-        last = (lin.get("stages") or [{}])[-1]
-        best = last.get("best") or {}
-        chain = [(lin.get("source") or {}).get("name", "?")] + [s["dataset"] for s in lin.get("stages", [])]
-        rows.append({"name": ckpt.name, "arch": lin.get("arch"), "chain": " > ".join(chain),
-                     "task": lin.get("task"), "best": f"{best.get('metric')} {best['value']:.4f}"
-                     if isinstance(best.get("value"), float) else "-", "where": str(ckpt.path)})
+        value = lin.last.best_value if lin.last else None
+        rows.append({"name": ckpt.name, "arch": lin.arch,
+                     "chain": " > ".join(store.public_dataset(c) for c in lin.chain), "task": lin.task,
+                     "best": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else "-",
+                     "variant": variants.get(ckpt.name, ""), "where": str(ckpt.path)})
+    for path, why in broken:
+        rows.append({"name": path.name, "arch": None, "chain": "BROKEN (see `broken`)", "task": "-", "best": "-",
+                     "variant": "", "where": str(path), "broken": why})
     local = {r["name"] for r in rows}
     for name, entry in sorted(zoo.catalogue().items()):
         if name not in local:
             rev = entry.get("revision")
             rows.append({"name": name, "arch": entry.get("arch"), "chain": entry.get("chain") or "?",
-                         "task": entry.get("task"), "best": entry.get("metric") or "-",
+                         "task": entry.get("task"), "best": entry.get("metric") or "-", "variant": "",
                          "where": f"hf-hub:{entry['repo_id']}" + (f"@{rev}" if rev else "")})
     return rows
+
+
+def variant_texts(ckpts) -> dict[str, str]:
+    """What tells apart checkpoints of one chain (``name`` and its ``name~<key>`` variants): the seed and
+    the recipe keys whose values differ; else the data or parent weights that differ."""
+    groups: dict[str, list] = {}
+    for c in ckpts:
+        groups.setdefault(c.name.partition("~")[0], []).append(c)
+    out = {}
+    for group in groups.values():
+        lasts = [c.lineage.last for c in group]
+        if len(group) < 2 or any(s is None for s in lasts):
+            for c, s in zip(group, lasts):
+                if s is not None and s.seed is not None:
+                    out[c.name] = f"seed={s.seed}"
+            continue
+        recipes = [s.recipe for s in lasts]
+        keys = sorted(k for k in {k for r in recipes for k in r} - {"seed"}
+                      if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in recipes}) > 1)
+        same_data = len({s.fingerprint for s in lasts}) == 1
+        for c, s in zip(group, lasts):
+            parts = [f"seed={s.seed}"] + [f"{k}={s.recipe.get(k)}" for k in keys]
+            if not keys and not same_data:
+                parts.append(f"data={s.fingerprint[:8]}")
+            if not keys and same_data and len({x.parent_sha256 for x in lasts}) > 1:
+                parts.append(f"parent={s.parent_sha256[:8]}")
+            out[c.name] = " ".join(parts)
+    return out
 
 
 @cli.command()
@@ -295,20 +331,27 @@ def report(folder):
 @click.option("--revision", help="Branch to commit to (created from main if missing; default main).")
 @click.option("--commit-message", help="Default: 'medzoo: NAME'.")
 @click.option("--allow-no-metrics", is_flag=True, help="Publish a checkpoint that has no evaluation metrics.")
-def publish(name, repo_id, private, dry_run, out, revision, commit_message, allow_no_metrics):
+@click.option("--license", "license_", metavar="ID", help="Hugging Face licence id of the weights, when the "
+              "lineage's is unknown (or to name a stricter one); required then.")
+@click.option("--allow-non-redistributable", is_flag=True, help="Publish although the upstream weights' terms "
+              "forbid redistributing derived weights (only if those terms allow it for you).")
+def publish(name, repo_id, private, dry_run, out, revision, commit_message, allow_no_metrics, license_,
+            allow_non_redistributable):
     """Publish checkpoint NAME to the Hugging Face Hub (its library's layout + model card).
 
     Uses huggingface_hub's configuration: HF_TOKEN or `hf auth login`, HF_ENDPOINT."""
     from . import hub
 
     if dry_run:
-        result = hub.dry_run(name, out, repo_id=repo_id, allow_no_metrics=allow_no_metrics)
+        result = hub.dry_run(name, out, repo_id=repo_id, allow_no_metrics=allow_no_metrics, license=license_,
+                             allow_non_redistributable=allow_non_redistributable)
         click.echo(f"dry run: nothing uploaded; {repo_id} would receive {result.folder}:")
         for f in result.files:
             click.echo(f"  {f}  ({(result.folder / f).stat().st_size} bytes)")
         return
     result = hub.publish(name, repo_id, private=private, revision=revision, commit_message=commit_message,
-                         allow_no_metrics=allow_no_metrics)
+                         allow_no_metrics=allow_no_metrics, license=license_,
+                         allow_non_redistributable=allow_non_redistributable)
     click.echo(f"published {name} to {result.url}")
     click.echo(f"commit {result.commit}  {result.commit_url}")
     plain = {"timm": f"  or  timm.create_model('hf-hub:{repo_id}', pretrained=True)",
@@ -322,11 +365,16 @@ def publish(name, repo_id, private, dry_run, out, revision, commit_message, allo
 @click.argument("name")
 @click.option("--repo-id", metavar="ORG/NAME", help="Repo id to show in the usage examples.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the card here (default: print it).")
-def card(name, repo_id, out):
+@click.option("--license", "license_", metavar="ID", help="The licence `publish --license ID` would name.")
+def card(name, repo_id, out, license_):
     """Render the model card (README.md) of checkpoint NAME, to review it before publishing."""
-    from . import cards, store
+    from . import cards, hub, licenses, store
 
-    text = cards.render(store.get_local(name), repo_id=repo_id)
+    if repo_id is not None:
+        hub.check_repo_id(repo_id)
+    if license_ is not None and not licenses.is_id(license_):
+        raise MedzooError(f"--license {license_!r} is not a Hugging Face licence id (e.g. cc-by-nc-4.0, mit)")
+    text = cards.render(store.get_local(name), repo_id=repo_id, license=license_)
     if out:
         store.atomic_write(out, text)
         click.echo(f"wrote {out}", err=True)

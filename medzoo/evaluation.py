@@ -190,20 +190,22 @@ def open_for(model, dataset: str | None, split: str, data_root: str | dict | Non
     the classes match the model's outputs and that the split has images. ``data_root``: a path, or
     ``{dataset: path}`` (the CLI's ``--data-root``)."""
     lin = model.medzoo_lineage
-    stages = lin.get("stages") or []
-    last = stages[-1] if stages else {}
-    dataset = dataset or last.get("dataset")
+    last = lin.last
+    if not dataset and last is not None and (last.data or {}).get("given_by_path"):
+        raise MedzooError(f"{model.medzoo_origin} was trained on a dataset given by path ({last.dataset}), which "
+                          f"its metadata does not record; name it with --dataset {last.dataset.partition(':')[0]}:PATH")
+    dataset = dataset or (last.dataset if last else None)
     if not dataset:
         raise MedzooError(f"{model.medzoo_origin} records no training dataset; name one with --dataset")
-    recipe = last.get("recipe") or {}
+    recipe = last.recipe if last else {}
     # the model's input is what the last stage trained on: its preprocessing, whichever dataset is scored
     root = mzdata.root_for(data_root, dataset)
     source = mzdata.open_dataset(dataset, root, preprocess=recipe.get("preprocess"))
-    task = lin.get("task") or last.get("task") or "classification"
+    task = lin.task
     if source.task != task:
         raise MedzooError(f"{model.medzoo_origin} is a {task} model but dataset '{dataset}' is {source.task}; "
                           f"evaluate it on a {task} dataset")
-    classes = list(last.get("classes") or [])
+    classes = list(last.classes) if last else []
     if classes and list(source.classes) != classes:
         raise MedzooError(f"{model.medzoo_origin} predicts classes {classes} but dataset '{dataset}' has "
                           f"{list(source.classes)}; evaluate on a dataset with the same classes in the same order")
@@ -293,7 +295,7 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
                        auc_ci=ci)
         n = len(preds.records)
     lin = model.medzoo_lineage
-    result = Evaluation(lin.get("name") or str(name), dataset, split, task, n, metrics, details)
+    result = Evaluation(lin.name or str(name), dataset, split, task, n, metrics, details)
     log = f"[{result.name}] {dataset}/{split} ({n} images): " + "  ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if k in HEADLINE and not math.isnan(v))
     if not math.isnan(metrics.get("auc_ci_low", math.nan)):
@@ -304,7 +306,7 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
         parent = Path(out) if out else (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
         where = parent / f"{store.slug(dataset)}-{split}"  # a folder of its own: --out DIR's other files stay
         payload = {"checkpoint": result.name, "origin": model.medzoo_origin,
-                   "weights_sha256": lin.get("weights_sha256"), "dataset": dataset, "split": split, "task": task,
+                   "weights_sha256": lin.weights_sha256, "dataset": dataset, "split": split, "task": task,
                    "n_images": n, "classes": list(source.classes), "metrics": metrics, **details,
                    "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "seconds": round(time.time() - started, 1), "medzoo": __version__}
@@ -367,9 +369,8 @@ def predictions_csv(preds: Predictions) -> str:
 def record(ckpt: store.Checkpoint, payload: dict[str, Any], out_dir: Path) -> None:
     """Note the evaluation in the checkpoint's config.json (``medzoo.evaluations["<dataset>-<split>"]``): the
     model card reports it, ``medzoo publish`` ships it. The weights hash says which weights were scored."""
-    config = json.loads((ckpt.path / store.CONFIG).read_text())
-    evals = config.setdefault("medzoo", {}).setdefault("evaluations", {})
-    evals[f"{payload['dataset']}-{payload['split']}"] = _json_safe({
+    fresh = store.read_checkpoint(ckpt.path)  # re-read: another evaluation may have been recorded since
+    fresh.lineage.evaluations[f"{payload['dataset']}-{payload['split']}"] = _json_safe({
         k: payload[k] for k in ("dataset", "split", "n_images", "metrics", "averaging", "weights_sha256", "evaluated")
         if k in payload} | {"path": str(out_dir.relative_to(ckpt.path))})
-    store.atomic_write(ckpt.path / store.CONFIG, json.dumps(config, indent=2, default=str))
+    store.write_config(fresh.path, fresh.config, fresh.lineage)

@@ -70,7 +70,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
         raise MedzooError("--right must be ≥ 0")
     dev = _device(device)
     model = load(name, device=dev)
-    task = model.medzoo_lineage.get("task", "classification")
+    task = model.medzoo_lineage.task
     if task != "classification":
         raise MedzooError(f"the errors gallery is for single-label classification; {model.medzoo_origin} is a {task} "
                           "model (use `medzoo evaluate` for its metrics)")
@@ -101,7 +101,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
                 f'p={float(conf[i]):.3f}</p><p class="small">p(true class)={float(preds.probs[i, t]):.3f}</p></div>')
 
     lin = model.medzoo_lineage
-    title = f"{lin.get('name') or name}: {dataset}/{split}"
+    title = f"{lin.name or name}: {dataset}/{split}"
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>{len(wrong)} of {len(predicted)} images misclassified (accuracy {1 - len(wrong) / len(predicted):.3f}). "
             f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "

@@ -49,30 +49,16 @@ def build(ref: Ref, *, num_classes: int, in_chans: int = 3, img_size: int | None
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .weights import sha256_file as _sha
+
+    return _sha(path)
 
 
 def load_safetensors(path: str | Path) -> dict[str, Any]:
-    """Load a weights file, refusing anything that is not safetensors (pickles can run code)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load a weights file, refusing anything that is not safetensors (see ``medzoo.weights``)."""
+    from .weights import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise MedzooError(f"weights file '{path}' does not exist; check the path")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if path.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"} or head[:2] == b"PK" or head[:1] == b"\x80":
-        raise MedzooError(f"'{path}' is a pickle checkpoint, which medzoo never loads (unpickling can run code); "
-                          "convert it once in a trusted session with safetensors.torch.save_file(torch.load(...), 'x.safetensors')")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MedzooError(f"'{path}' is not a readable safetensors file ({exc}); re-export it") from None
+    return load_file(path)
 
 
 # -- parameter groups (freeze policies use these) ------------------------------------------------

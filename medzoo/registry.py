@@ -67,7 +67,10 @@ class DatasetSpec:
     modality: str = ""
     body_part: str = ""
     recipe: Mapping[str, Any] = field(default_factory=dict)  # default training recipe for a stage on it
-    license: str = ""
+    # Hugging Face / SPDX licence id ('cc-by-4.0', 'other' for custom terms, 'unknown' if unspecified) and the
+    # URL of the licence or terms; a subset with other terms sets ``source.meta["license"/"license_url"]``
+    license: str = "unknown"
+    license_url: str = ""
     description: str = ""
     docs: str = ""
     takes_arg: bool = False

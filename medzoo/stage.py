@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__, data as mzdata, models, store
+from . import __version__, data as mzdata, licenses, models, store
+from .lineage import Lineage, StageRecord
 from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
                       segmentation_metrics, write_history)
 from .registry import MedzooError, registry
@@ -60,7 +61,7 @@ class Parent:
     state: dict[str, torch.Tensor] | None
     sha256: str
     label_names: list[str] | None
-    lineage: dict[str, Any]
+    lineage: Lineage  # source and stages so far; the next stage appends to them
     origin: str
 
 
@@ -334,9 +335,9 @@ class StageTrainer:
         result = StageResult(path.name, path, self.dataset, False, self.metric, best["value"], len(history),
                              seconds, sha)
         lineage = self._lineage(best, history, seconds, sha)
-        lineage["stages"][-1].update(checkpoint=path.name, weights_sha256=sha)
+        lineage.stages[-1].checkpoint, lineage.stages[-1].weights_sha256 = path.name, sha
         return result, Parent(path.name, self.arch_ref.name, best_state, sha, list(self.source.classes),
-                              {"source": lineage["source"], "stages": lineage["stages"]}, f"checkpoint '{path.name}'")
+                              lineage, f"checkpoint '{path.name}'")
 
     def _train_epoch(self, net, opt, sched, scaler, criterion, amp_dtype, channels_last, epoch) -> float:
         from tqdm.auto import tqdm
@@ -415,34 +416,41 @@ class StageTrainer:
         return {"loss": float(loss[0] / max(1.0, float(loss[1]))),
                 **segmentation_metrics(cm, self.source.classes, self.source.ignore_index)}
 
-    def _lineage(self, best, history, seconds, sha) -> dict[str, Any]:
+    def _lineage(self, best, history, seconds, sha) -> Lineage:
         import timm
 
         spec = registry().resolve("datasets", self.dataset).spec
-        stage = {"dataset": self.dataset, "fingerprint": self.source.fingerprint(), "task": self.task,
-                 "classes": list(self.source.classes), "license": spec.license, "modality": spec.modality,
-                 "recipe": self.recipe, "freeze": self.policy_name, "epochs_run": len(history),
-                 "best": {k: v for k, v in best.items() if k != "val"}, "val_metrics": best.get("val", {}),
-                 "seed": self.recipe["seed"], "parent_sha256": self.parent.sha256,
-                 "transfer": str(self.transfer) if self.transfer else "none (random init)",
-                 "seconds": round(seconds, 1), "n_train": self.n_train,
-                 "runtime": {"device": str(self.device), "precision": self.runtime.precision,
-                             "world_size": _world()},
-                 "versions": {"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__}}
-        if self.overlap:  # held-out images found in earlier training data, trained anyway (--allow-overlap)
-            stage["overlap"] = self.overlap
-        return {"name": None, "arch": self.arch_ref.name, "timm_name": models.stock_timm_name(self.arch_ref),
-                "task": self.task, "in_chans": self.recipe["in_chans"], "image_size": self.recipe["image_size"],
-                "source": self.parent.lineage["source"], "stages": self.parent.lineage["stages"] + [stage],
-                "key": self.key, "weights_sha256": sha,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        meta = self.source.meta
+        fp = self.source.fingerprint()
+        licence = licenses.license_id(meta.get("license") or spec.license)
+        # a dataset given by path is recorded by name, size and identity only: no local path in metadata
+        public = store.public_dataset(self.dataset)
+        stage = StageRecord(
+            dataset=public, fingerprint=fp, task=self.task, classes=list(self.source.classes), license=licence,
+            license_url=meta.get("license_url") or (spec.license_url if licence == licenses.license_id(spec.license)
+                                                    else None) or licenses.url_of(licence),
+            data={"name": public.partition(":")[2] or public, "records": len(self.source.records), "fingerprint": fp,
+                  **({"given_by_path": True} if public != self.dataset else {})},
+            overlap=self.overlap,  # set by the chain leakage check under --allow-overlap
+            modality=meta.get("modality") or spec.modality, recipe=self.recipe, freeze=self.policy_name,
+            epochs_run=len(history), best={k: v for k, v in best.items() if k != "val"},
+            val_metrics=best.get("val", {}), seed=self.recipe["seed"], parent_sha256=self.parent.sha256,
+            transfer=str(self.transfer) if self.transfer else "none (random init)", seconds=round(seconds, 1),
+            n_train=self.n_train, runtime={"device": str(self.device), "precision": self.runtime.precision,
+                                           "world_size": _world()},
+            versions={"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__})
+        base = self.parent.lineage.prefix()
+        return Lineage(arch=self.arch_ref.name, source=base.source, stages=base.stages + [stage], name=None,
+                       timm_name=models.stock_timm_name(self.arch_ref), task=self.task,
+                       in_chans=self.recipe["in_chans"], image_size=self.recipe["image_size"], key=self.key,
+                       weights_sha256=sha, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def _write(self, best, history, seconds) -> tuple[Path, str]:
         """Assemble the checkpoint under a temporary name, then rename it into place (rank 0 only)."""
         root = store.checkpoints_dir()
         final_name = self.name
         existing = store.find_local(self.name)
-        if existing is not None and existing.lineage.get("key") != self.key:
+        if existing is not None and existing.lineage.key != self.key:
             final_name = f"{self.name}~{self.key[:8]}"
             log(f"[{self.name}] a checkpoint of that name with other inputs (recipe, seed, data or parent) "
                 f"exists; this one is stored as '{final_name}'")
@@ -453,11 +461,11 @@ class StageTrainer:
             store.save_tensors(tmp / store.WEIGHTS, self.model.state_dict())
             sha = models.sha256_file(tmp / store.WEIGHTS)
             lineage = self._lineage(best, history, seconds, sha)
-            lineage["name"] = final_name
-            lineage["stages"][-1].update(checkpoint=final_name, weights_sha256=sha)
+            lineage.name = final_name
+            lineage.stages[-1].checkpoint, lineage.stages[-1].weights_sha256 = final_name, sha
             config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
-                                 final_name, lineage)
-            (tmp / store.CONFIG).write_text(json.dumps(config, indent=2, default=str))
+                                       final_name, lineage)
+            store.write_config(tmp, {k: v for k, v in config.items() if k != "medzoo"}, lineage)
             (tmp / "metrics.json").write_text(json.dumps({"split": "val", "best_epoch": best["epoch"],
                                                           **best.get("val", {})}, indent=2))
             write_history(history, tmp / "history.csv")

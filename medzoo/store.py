@@ -8,6 +8,7 @@ they are assembled under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .lineage import MAX_CLASSES, Lineage, bounded_int
 from .models import stock_timm_name
 from .registry import MedzooError, Ref, did_you_mean
 
@@ -44,9 +46,49 @@ def runs_dir() -> Path:
 
 # -- names --------------------------------------------------------------------------------------
 
+MAX_PART = 48  # one dataset's or source's part of a checkpoint name
+MAX_NAME = 180  # whole names: under the 255 bytes of a file name with room for '~<key>' and temp prefixes
+
+
 def slug(text: str) -> str:
     """A name part safe for file names and unambiguous next to the '-' stage separator."""
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "x"
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_.") or "x"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def bounded(part: str, limit: int = MAX_PART) -> str:
+    """``part`` if it fits ``limit`` characters, else its head and a hash of the whole (still unique)."""
+    return part if len(part) <= limit else f"{part[:limit - 9].rstrip('_.')}_{_short_hash(part)}"
+
+
+def is_path_arg(arg: str | None) -> bool:
+    """Whether a ``name:arg`` argument is a local path (``imagefolder:/data/x``, ``csv:./labels.csv``)."""
+    if not arg:
+        return False
+    return "/" in arg or "\\" in arg or arg.startswith(("~", "."))
+
+
+def public_dataset(dataset: str) -> str:
+    """How a dataset is named in names, cards and metadata: a path-given one by its folder's (or file's)
+    last component, never the path (a hospital's folder structure is not for a public model card)."""
+    base, _, arg = dataset.partition(":")
+    if not is_path_arg(arg):
+        return dataset
+    last = Path(arg.rstrip("/\\")).expanduser().name or "data"
+    return f"{base}:{last}"
+
+
+def dataset_part(dataset: str, fingerprint: str = "") -> str:
+    """A dataset's part of a checkpoint name; a path-given one also carries a short hash of its identity,
+    so two folders both called 'images' stay apart."""
+    base, _, arg = dataset.partition(":")
+    if is_path_arg(arg):
+        last = public_dataset(dataset).partition(":")[2]
+        return f"{slug(base)}_{bounded(slug(last), MAX_PART - len(base) - 10)}_{(fingerprint or _short_hash(arg))[:8]}"
+    return bounded(slug(dataset))
 
 
 def source_suffix(source_name: str, source_tag: str) -> str:
@@ -56,7 +98,7 @@ def source_suffix(source_name: str, source_tag: str) -> str:
         return ""
     if base == "file":
         return "." + slug(source_tag.replace(":", "_"))
-    return "." + slug(source_name.replace(":", "_").replace("/", "--"))
+    return "." + bounded(slug(source_name.replace(":", "_").replace("/", "--")))
 
 
 def rename_arch(name: str, old_arch: str, new_arch: str) -> str:
@@ -65,9 +107,15 @@ def rename_arch(name: str, old_arch: str, new_arch: str) -> str:
     return new + name[len(old):] if name.startswith(old) else f"{new}.{name}"
 
 
-def stage_name(parent_name: str, dataset: str) -> str:
-    """``swin_t-medagg`` + ``inbreast`` → ``swin_t-medagg-inbreast``."""
-    return f"{parent_name}-{slug(dataset)}"
+def stage_name(parent_name: str, dataset: str, fingerprint: str = "") -> str:
+    """``swin_t-medagg`` + ``inbreast`` → ``swin_t-medagg-inbreast``; bounded in length."""
+    return bounded(f"{parent_name}-{dataset_part(dataset, fingerprint)}", MAX_NAME)
+
+
+def is_store_name(name: str) -> bool:
+    """A name that can only mean a folder directly under ``checkpoints/`` (no path, no '..', not hidden)."""
+    return bool(name) and name == Path(name).name and not name.startswith(".") and "\\" not in name \
+        and os.sep not in name and (os.altsep or "/") not in name
 
 
 # -- atomic writes ------------------------------------------------------------------------------
@@ -197,7 +245,7 @@ def load_state(path: Path) -> dict[str, Any]:
 # -- the checkpoint's config.json ------------------------------------------------------------
 
 def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: str,
-                lineage: dict) -> dict[str, Any]:
+                lineage: Lineage) -> dict[str, Any]:
     """config.json in timm's Hub format, so plain ``timm.create_model('hf-hub:…')`` can load it."""
     base = dict(getattr(model, "pretrained_cfg", None) or {})
     size, chans = recipe["image_size"], recipe["in_chans"]
@@ -205,7 +253,7 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
     pretrained_cfg.update(tag=f"medzoo.{name}", input_size=[chans, size, size], crop_pct=1.0,
                           mean=list(tcfg.mean)[:chans] if chans == 3 else [float(np.mean(tcfg.mean))],
                           std=list(tcfg.std)[:chans] if chans == 3 else [float(np.mean(tcfg.std))],
-                          num_classes=len(classes), license=_license(lineage))
+                          num_classes=len(classes), license=lineage.license())
     model_args: dict[str, Any] = {}
     if chans != 3:
         model_args["in_chans"] = chans
@@ -215,14 +263,14 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
         config = {"architecture": arch_ref.name, "library": type(model).__module__.split(".")[0],
                   "num_classes": len(classes), "label_names": list(classes),
                   "pretrained_cfg": {k: pretrained_cfg[k] for k in ("tag", "input_size", "mean", "std", "license")},
-                  "medzoo": lineage}
+                  "medzoo": lineage.to_dict()}
         if getattr(model, "medzoo_init", None):  # how plain users of its library build it (the model card shows it)
             config["init"] = model.medzoo_init
         return config
     config = {"architecture": stock_timm_name(arch_ref) or arch_ref.name,
               "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
               "global_pool": getattr(model, "global_pool", None) and "avg", "label_names": list(classes),
-              "pretrained_cfg": pretrained_cfg, "medzoo": lineage}
+              "pretrained_cfg": pretrained_cfg, "medzoo": lineage.to_dict()}
     if model_args:
         config["model_args"] = model_args
     return config
@@ -234,83 +282,98 @@ def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
     return {"img_size": size} if name.startswith(("swin", "vit", "deit")) and size != default else {}
 
 
-def _license(lineage: dict) -> str:
-    return most_restrictive([s["license"] for s in lineage.get("stages", []) if s.get("license")])
-
-
-# Weights inherit the licenses of the data they were trained on; config.json and the card name the same one.
-# Hugging Face license ids medzoo can name; anything else is published as "other" with its own name.
-HF_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc0-1.0", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
-               "cc-by-sa-4.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
-               "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nd-4.0", "odbl", "pddl", "unknown"}
-
-
-def license_rank(text: str) -> int:
-    """How restrictive a license is: 0 public domain … 5 custom/research-only, 6 unknown."""
-    hf = hf_license(text)
-    if hf == "unknown":
-        return 6
-    if hf == "other":
-        return 5
-    if "-nc-" in hf + "-":
-        return 4 if ("-sa" in hf or "-nd" in hf) else 3
-    if "-sa" in hf or "-nd" in hf or hf == "odbl":
-        return 2
-    return 0 if hf in ("cc0-1.0", "pddl") else 1
-
-
-def hf_license(text: str | None) -> str:
-    """A dataset's license text ('CC BY-NC 4.0', 'CC0-1.0 (generated)') as a Hugging Face license id."""
-    t = re.sub(r"\(.*?\)", "", (text or "").lower()).strip()
-    if not t:
-        return "unknown"
-    t = re.sub(r"[\s_]+", "-", t.replace("cc by", "cc-by").replace("creative commons", "cc"))
-    t = re.sub(r"-+", "-", t).strip("-")
-    if t in ("apache", "apache2", "apache-2"):
-        t = "apache-2.0"
-    return t if t in HF_LICENSES else "other"
-
-
-def most_restrictive(licenses: list[str]) -> str:
-    """The most restrictive of the training data licenses (the weights inherit it); 'unknown' if none."""
-    return max(licenses, key=license_rank) if licenses else "unknown"
-
-
 # -- reading the store --------------------------------------------------------------------------
 
 @dataclass
 class Checkpoint:
     name: str
     path: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # config.json without its "medzoo" key, which is ``lineage``
+    lineage: Lineage
 
     @property
-    def lineage(self) -> dict[str, Any]:
-        return self.config.get("medzoo", {})
+    def num_classes(self) -> int:
+        return self.config["num_classes"]
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.config.get("label_names")
+
+    def full_config(self) -> dict[str, Any]:
+        """config.json as written: the timm config with the lineage under "medzoo"."""
+        return {**self.config, "medzoo": self.lineage.to_dict()}
+
+
+def parse_config(config: Any, where: str, *, lineage_key: str = "medzoo") -> tuple[dict[str, Any], Lineage]:
+    """Check a checkpoint's config.json (bounded sizes, a readable lineage) before anything is built from it."""
+    if not isinstance(config, dict):
+        raise MedzooError(f"{where}: config.json is not a JSON object; re-train it or re-download it")
+    if lineage_key not in config:
+        raise MedzooError(f"{where}: config.json has no \"medzoo\" lineage, so it is not a medzoo checkpoint; "
+                          "load it with timm, or re-export it with medzoo")
+    lin = Lineage.from_dict(config[lineage_key], where)
+    rest = {k: v for k, v in config.items() if k != lineage_key}
+    labels = rest.get("label_names")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise MedzooError(f"{where}: config.json's label_names is {str(labels)[:60]!r}, not a list of names; "
+                          "re-train it or re-download it")
+    n = rest.get("num_classes", len(labels) if labels is not None else None)
+    n = bounded_int(where, n, "num_classes", 0, MAX_CLASSES, optional=False)
+    if labels is not None and labels and len(labels) != n:
+        raise MedzooError(f"{where}: config.json has num_classes {n} but {len(labels)} label_names; "
+                          "re-train it or re-download it")
+    rest["num_classes"] = n
+    return rest, lin
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
+    where = f"checkpoint '{path.name}'"
     try:
         config = json.loads((path / CONFIG).read_text())
     except (OSError, ValueError) as exc:
         raise MedzooError(f"'{path}' is not a readable medzoo checkpoint ({exc}); remove it or re-train") from None
-    return Checkpoint(name=config.get("medzoo", {}).get("name", path.name), path=path, config=config)
+    rest, lin = parse_config(config, where)
+    return Checkpoint(name=lin.name or path.name, path=path, config=rest, lineage=lin)
+
+
+def write_config(path: Path, config: dict[str, Any], lineage: Lineage) -> None:
+    """The one writer of a checkpoint's config.json (atomic)."""
+    atomic_write(path / CONFIG, json.dumps({**config, "medzoo": lineage.to_dict()}, indent=2, default=str))
+
+
+def scan_local() -> tuple[list[Checkpoint], list[tuple[Path, str]]]:
+    """Readable checkpoints, and the folders that are not (with why): one broken folder hides nothing."""
+    root = checkpoints_dir()
+    good: list[Checkpoint] = []
+    broken: list[tuple[Path, str]] = []
+    if not root.is_dir():
+        return good, broken
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith(".") or not (p / CONFIG).is_file():
+            continue
+        try:
+            good.append(read_checkpoint(p))
+        except MedzooError as exc:
+            broken.append((p, str(exc)))
+    return good, broken
 
 
 def list_local() -> list[Checkpoint]:
-    root = checkpoints_dir()
-    if not root.is_dir():
-        return []
-    return [read_checkpoint(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
-            and (p / CONFIG).is_file()]
+    return scan_local()[0]
 
 
 def find_local(name: str) -> Checkpoint | None:
+    """The stored checkpoint called ``name``; never a folder outside ``checkpoints/`` (no paths, no '..')."""
+    if not is_store_name(name):
+        return None
     path = checkpoints_dir() / name
     return read_checkpoint(path) if (path / CONFIG).is_file() else None
 
 
 def get_local(name: str) -> Checkpoint:
+    if not is_store_name(name):
+        raise MedzooError(f"'{name}' is not a checkpoint name (names have no '/', '..' or leading '.'); "
+                          "`medzoo list weights` shows them")
     ckpt = find_local(name)
     if ckpt is None:
         names = [c.name for c in list_local()]

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import data as mzdata, models, recipe as mzrecipe, store
+from . import data as mzdata, licenses, models, recipe as mzrecipe, store, weights as weights_reader
+from .lineage import Lineage, SourceRecord
 from .overlap import check_chain
 from .registry import MedzooError, Ref, did_you_mean, registry
 from .stage import Parent, Runtime, StageResult, StageTrainer, log  # noqa: F401 — StageTrainer re-exported
@@ -147,12 +148,11 @@ def _start(arch_ref: Ref, first: str, stage_archs: set[str]) -> Parent:
     local = store.find_local(first)
     if local is not None:
         lin = local.lineage
-        if lin.get("arch") not in stage_archs | {arch_ref.name}:
-            raise MedzooError(f"checkpoint '{first}' is a {lin.get('arch')}, not a {arch_ref.name}; "
-                              f"train {lin.get('arch')} from it, or pick a {arch_ref.name} checkpoint")
+        if lin.arch not in stage_archs | {arch_ref.name}:
+            raise MedzooError(f"checkpoint '{first}' is a {lin.arch}, not a {arch_ref.name}; "
+                              f"train {lin.arch} from it, or pick a {arch_ref.name} checkpoint")
         state, sha = load_weights(local)
-        return Parent(first, lin["arch"], state, sha, local.config.get("label_names"),
-                      {"source": lin.get("source"), "stages": lin.get("stages", [])}, f"checkpoint '{first}'")
+        return Parent(first, lin.arch, state, sha, local.label_names, lin.prefix(), f"checkpoint '{first}'")
     ref = registry().resolve("sources", first)
     weights = ref.spec.load(arch=arch_ref, arg=ref.arg)
     arch = weights.arch or arch_ref.name
@@ -163,24 +163,16 @@ def _start(arch_ref: Ref, first: str, stage_archs: set[str]) -> Parent:
     else:
         sha = weights.sha256 or models.state_sha256(weights.state_dict)
     name = store.slug(arch) + store.source_suffix(first, weights.tag)
-    source = {"name": first, "tag": weights.tag, "sha256": sha}
-    for key in ("url", "license", "license_url", "citation", "method"):
-        if getattr(weights, key):
-            source[key] = getattr(weights, key)
-    if not weights.redistributable:
-        source["redistributable"] = False
-    return Parent(name, arch, weights.state_dict, sha, None, {"source": source, "stages": []}, f"'{first}'")
+    source = SourceRecord(name=first, tag=weights.tag, sha256=sha, url=weights.url,
+                          license=licenses.license_id(weights.license) if weights.license else None,
+                          license_url=weights.license_url, citation=weights.citation, method=weights.method,
+                          redistributable=weights.redistributable)
+    return Parent(name, arch, weights.state_dict, sha, None, Lineage(arch=arch, source=source), f"'{first}'")
 
 
 def load_weights(ckpt: store.Checkpoint) -> tuple[dict[str, torch.Tensor], str]:
     """A stored checkpoint's weights, after checking they are the ones its metadata names."""
-    path = ckpt.path / store.WEIGHTS
-    sha = models.sha256_file(path)
-    expected = ckpt.lineage.get("weights_sha256")
-    if expected and sha != expected:
-        raise MedzooError(f"weights of '{ckpt.name}' ({path}) do not match the sha256 in its config.json "
-                          "(corrupted or replaced); re-train or re-download it")
-    return models.load_safetensors(path), sha
+    return weights_reader.read(ckpt.path / store.WEIGHTS, [ckpt.lineage.weights_sha256], f"checkpoint '{ckpt.name}'")
 
 
 def stage_key(arch: str, parent_sha: str, dataset: str, fingerprint: str, recipe: dict) -> str:
@@ -192,7 +184,7 @@ def stage_key(arch: str, parent_sha: str, dataset: str, fingerprint: str, recipe
 def _reusable(name: str, key: str) -> store.Checkpoint | None:
     for candidate in (name, f"{name}~{key[:8]}"):
         ckpt = store.find_local(candidate)
-        if ckpt is not None and ckpt.lineage.get("key") == key:
+        if ckpt is not None and ckpt.lineage.key == key:
             return ckpt
     return None
 
@@ -201,21 +193,22 @@ def _reusable(name: str, key: str) -> store.Checkpoint | None:
 
 def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataSource, recipe: dict,
                runtime: Runtime, overlap: dict | None = None) -> tuple[StageResult, Parent]:
-    name = store.stage_name(parent.name, dataset)
+    fingerprint = source.fingerprint()
+    name = store.stage_name(parent.name, dataset, fingerprint)
     if arch_ref.name != parent.arch:  # classifier → segmentation: the name says which model it now is
-        name = store.stage_name(store.rename_arch(parent.name, parent.arch, arch_ref.name), dataset)
-    key = stage_key(arch_ref.name, parent.sha256, dataset, source.fingerprint(), recipe)
+        name = store.stage_name(store.rename_arch(parent.name, parent.arch, arch_ref.name), dataset, fingerprint)
+    key = stage_key(arch_ref.name, parent.sha256, dataset, fingerprint, recipe)
     found = None if runtime.force else _reusable(name, key)
     if found is not None:
         lin = found.lineage
-        best = lin["stages"][-1].get("best", {})
+        last = lin.last
         log(f"[{found.name}] reusing the stored checkpoint: same arch, parent weights, data and recipe "
             f"(--force retrains)")
         state, sha = load_weights(found)
-        result = StageResult(found.name, found.path, dataset, True, best.get("metric", ""), best.get("value"),
-                             lin["stages"][-1].get("epochs_run", 0), 0.0, sha)
-        return result, Parent(found.name, arch_ref.name, state, sha, found.config.get("label_names"),
-                              {"source": lin["source"], "stages": lin["stages"]}, f"checkpoint '{found.name}'")
+        result = StageResult(found.name, found.path, dataset, True, last.best.get("metric", "") if last else "",
+                             last.best_value if last else None, last.epochs_run if last else 0, 0.0, sha)
+        return result, Parent(found.name, arch_ref.name, state, sha, found.label_names, lin.prefix(),
+                              f"checkpoint '{found.name}'")
     trainer = StageTrainer(arch_ref, parent, dataset, source, recipe, runtime, name, key)
     trainer.overlap = overlap
     return trainer.run()

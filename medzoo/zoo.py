@@ -3,8 +3,9 @@
 A name resolves, in order, to a checkpoint in the local store, an entry of the catalogue of published
 medzoo weights, ``hf-hub:ORG/REPO[@rev]``, or a local directory / ``.safetensors`` file laid out like a
 timm Hub repo (``model.safetensors`` + ``config.json`` with medzoo's lineage under ``"medzoo"``).
-Weights are only ever read from safetensors, and only after their sha256 matched the one recorded
-in the metadata.
+Weights are only ever read from safetensors (recognised by their header), after their sha256 matched
+every hash the metadata records (``medzoo.weights``). A name is a store name only when it is a plain
+name (no '/', no '..'): anything else is a path, and only an existing one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import data as mzdata, models, store
+from . import data as mzdata, models, store, weights as weights_reader
+from .lineage import MAX_CHANS, MAX_CLASSES, Lineage
 from .registry import MedzooError, did_you_mean, registry
 
 HF_PREFIX = "hf-hub:"
@@ -30,14 +32,11 @@ SMP_CLASS = "_model_class"  # the key smp's save_pretrained writes into its conf
 class Located:
     """Where a model's files are once found (downloaded if it lives on the Hub)."""
 
-    config: dict[str, Any]
+    config: dict[str, Any]  # config.json without the lineage
+    lineage: Lineage
     weights: Path | None  # None when only the config was fetched (pretrained=False)
     origin: str  # how to name it in messages and in ``model.medzoo_origin``
     expected_sha256: tuple[str, ...] = ()  # hashes the weights must have (config and catalogue)
-
-    @property
-    def lineage(self) -> dict[str, Any]:
-        return self.config.get("medzoo") or {}
 
 
 # -- the catalogue ------------------------------------------------------------------------------
@@ -85,7 +84,7 @@ def locate(name_or_path: str | os.PathLike, *, revision: str | None = None, weig
     if local is not None:
         if revision:
             raise MedzooError(f"'{name}' is a local checkpoint, which has no revisions; drop revision=")
-        return _from_dir(local.path, f"local checkpoint '{name}'")
+        return _located(local.config, local.lineage, local.path / store.WEIGHTS, f"local checkpoint '{name}'")
     entry = catalogue().get(name)
     if entry is not None:
         found = from_hub(entry["repo_id"], revision or entry.get("revision"), weights=weights)
@@ -122,7 +121,12 @@ def _from_dir(path: Path, origin: str, weights_file: Path | None = None) -> Loca
     config = _read_config(config_path, origin)
     if "medzoo" not in config and SMP_CLASS in config and (path / MEDZOO_JSON).is_file():
         config = _read_config(path / MEDZOO_JSON, origin)
-    return Located(config, weights, origin, _config_sha(config))
+    rest, lin = store.parse_config(config, origin)
+    return _located(rest, lin, weights, origin)
+
+
+def _located(config: dict[str, Any], lin: Lineage, weights: Path | None, origin: str) -> Located:
+    return Located(config, lin, weights, origin, (lin.weights_sha256,) if lin.weights_sha256 else ())
 
 
 def _read_config(path: Path, where: str) -> dict[str, Any]:
@@ -133,11 +137,6 @@ def _read_config(path: Path, where: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise MedzooError(f"{where}: {path.name} is not a JSON object; re-download or re-export it")
     return config
-
-
-def _config_sha(config: dict[str, Any]) -> tuple[str, ...]:
-    sha = (config.get("medzoo") or {}).get("weights_sha256")
-    return (sha,) if sha else ()
 
 
 def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True) -> Located:
@@ -160,11 +159,12 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
     if "medzoo" not in config:
         raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage); "
                           f"load it with timm.create_model('{HF_PREFIX}{repo_id}', pretrained=True)")
+    rest, lin = store.parse_config(config, where)
     weights_path = None
     if weights:
         weights_path = Path(_hub_call(lambda: hf_hub_download(repo_id, store.WEIGHTS, revision=commit),
                                       where, store.WEIGHTS))
-    return Located(config, weights_path, f"{HF_PREFIX}{repo_id}@{commit}", _config_sha(config))
+    return _located(rest, lin, weights_path, f"{HF_PREFIX}{repo_id}@{commit}")
 
 
 def _hub_call(fn, where: str, filename: str):
@@ -200,18 +200,11 @@ def _first_line(exc: BaseException) -> str:
 # -- verified weights ---------------------------------------------------------------------------
 
 def read_weights(found: Located) -> tuple[dict[str, Any], str]:
-    """The weights' tensors and sha256, after checking it against every hash the metadata names."""
+    """The weights' tensors and sha256, under medzoo's one policy (``medzoo.weights``): refused when they
+    differ from any hash the metadata (config or catalogue) records, loaded with a warning when none is."""
     if found.weights is None:
         raise MedzooError(f"{found.origin}: weights were not fetched")
-    sha = models.sha256_file(found.weights)
-    if not found.expected_sha256:
-        raise MedzooError(f"{found.origin} records no weights_sha256 in config.json['medzoo'], so its weights "
-                          "cannot be verified; re-export it with medzoo")
-    for expected in found.expected_sha256:
-        if sha != expected:
-            raise MedzooError(f"weights of {found.origin} ({found.weights}) have sha256 {sha[:12]}…, not the "
-                              f"{expected[:12]}… its metadata records (corrupted or tampered); delete and re-download them")
-    return models.load_safetensors(found.weights), sha
+    return weights_reader.read(found.weights, found.expected_sha256, found.origin)
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -226,26 +219,24 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_
     """
     found = locate(name_or_path, revision=revision, weights=pretrained)
     lin, config = found.lineage, found.config
-    if "arch" not in lin:
-        raise MedzooError(f"{found.origin} has no medzoo lineage (config.json['medzoo']['arch']); "
-                          "load it with timm.create_model, or re-export it with medzoo")
-    stored_classes = int(config.get("num_classes") or len(config.get("label_names") or []))
-    stored_chans = int(lin.get("in_chans") or (config.get("model_args") or {}).get("in_chans") or 3)
+    stored_classes = config["num_classes"]  # checked and bounded by store.parse_config
+    stored_chans = lin.in_chans
     classes = stored_classes if num_classes is None else int(num_classes)
     chans = stored_chans if in_chans is None else int(in_chans)
-    if classes < 0 or chans < 1:
-        raise MedzooError(f"num_classes={num_classes}, in_chans={in_chans}: use num_classes >= 0 and in_chans >= 1")
+    if not 0 <= classes <= MAX_CLASSES or not 1 <= chans <= MAX_CHANS:
+        raise MedzooError(f"num_classes={num_classes}, in_chans={in_chans}: use num_classes in 0..{MAX_CLASSES} "
+                          f"and in_chans in 1..{MAX_CHANS}")
     state, sha = None, None
     if features_only:
         state, sha = read_weights(found) if pretrained else (None, None)
         model = _features_model(found, state, chans)
     else:
-        ref = registry().resolve("archs", lin["arch"])
+        ref = registry().resolve("archs", lin.arch)
         # hash and read the weights on a thread while the architecture is built (both mostly outside the
         # GIL): the check costs ~nothing on top of timm's own create_model + load (bench/load.py)
         with ThreadPoolExecutor(1, thread_name_prefix="medzoo-load") as pool:
             weights = pool.submit(read_weights, found) if pretrained else None
-            model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.get("image_size"))
+            model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.image_size)
             if weights is not None:
                 state, sha = weights.result()  # raises here on a hash mismatch: nothing was loaded
         if state is not None:
@@ -254,7 +245,7 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_
             else:
                 models.transfer_weights(model, state, keep_head=classes == stored_classes, origin=found.origin)
     pcfg = dict(config.get("pretrained_cfg") or {})
-    size = lin.get("image_size") or (pcfg.get("input_size") or [3, 224, 224])[-1]
+    size = lin.image_size or (pcfg.get("input_size") or [3, 224, 224])[-1]
     pcfg.update(input_size=[chans, size, size], num_classes=0 if features_only else classes)
     if sha:
         pcfg["weights_sha256"] = sha
@@ -271,11 +262,11 @@ def _features_model(found: Located, state: dict[str, Any] | None, chans: int):
     import timm
 
     lin, config = found.lineage, found.config
-    ref = registry().resolve("archs", lin["arch"])
+    ref = registry().resolve("archs", lin.arch)
     timm_name = models.stock_timm_name(ref)
     if timm_name is None or ref.options:
         raise MedzooError(f"features_only needs a stock timm architecture, and {found.origin} is a "
-                          f"'{lin['arch']}'; load the full model and take its layers instead")
+                          f"'{lin.arch}'; load the full model and take its layers instead")
     kwargs = {k: v for k, v in (config.get("model_args") or {}).items() if k != "in_chans"}
     if state is None:
         return timm.create_model(timm_name, features_only=True, pretrained=False, in_chans=chans, **kwargs)

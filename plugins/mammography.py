@@ -245,7 +245,7 @@ def open_cbis(*, root=None, arg=None, roi: bool = False) -> CbisSource:
 def register_datasets(register):
     register(DatasetSpec(
         name="inbreast", open=open_inbreast, classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast",
-        license="research use by agreement (INbreast team)", docs="docs/datasets/inbreast.md",
+        license="other", docs="docs/datasets/inbreast.md",  # research use under the INbreast data agreement
         description="INbreast full-field digital mammograms (410 images): benign (BI-RADS 1-3) vs malignant "
                     "(4-6); ':birads' for 6 BI-RADS classes, ':density' for ACR density",
         takes_arg=True, arg_required=False, arg_help="binary|birads|density",
@@ -254,13 +254,15 @@ def register_datasets(register):
         recipe={**MAMMO_RECIPE, "epochs": 40, "freeze": "top:2"}))
     register(DatasetSpec(
         name="cbis_ddsm", open=lambda *, root=None, arg=None: open_cbis(root=root, arg=arg),
-        classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="CC BY 3.0 (TCIA)",
+        classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="cc-by-3.0",
+        license_url="https://www.cancerimagingarchive.net/collection/cbis-ddsm/",
         docs="docs/datasets/cbis_ddsm.md",
         description="CBIS-DDSM full mammograms, benign vs malignant (official train/test kept); ':mass' or ':calc'",
         takes_arg=True, arg_required=False, arg_help="mass|calc", recipe=MAMMO_RECIPE))
     register(DatasetSpec(
         name="cbis_ddsm_roi", open=lambda *, root=None, arg=None: open_cbis(root=root, arg=arg, roi=True),
-        classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="CC BY 3.0 (TCIA)",
+        classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="cc-by-3.0",
+        license_url="https://www.cancerimagingarchive.net/collection/cbis-ddsm/",
         docs="docs/datasets/cbis_ddsm.md",
         description="CBIS-DDSM ROI crops, one per abnormality, benign vs malignant; ':mass' or ':calc'",
         takes_arg=True, arg_required=False, arg_help="mass|calc",

@@ -81,15 +81,19 @@ def open_medagg(*, root=None, arg=None) -> MedaggSource:
                                     "source": r["source"], "origin": r["origin"]}))
     # a rebuild into the same folder changes the manifest and the image store: a new identity
     return MedaggSource("medagg", "classification", classes, records, images,
-                        source_files=[manifest, info_file, folder / "images.npy"], meta={"channels": info["channels"], "modality": "various", "body_part": "various",
-                              "build": str(folder)})
+                        source_files=[manifest, info_file, folder / "images.npy"],
+                        meta={"channels": info["channels"], "modality": "various", "body_part": "various",
+                              "build": str(folder),
+                              # builds before licences were recorded: unknown, so publish asks for --license
+                              "license": info.get("license") or "unknown"})
 
 
 @hookimpl
 def register_datasets(register):
     register(DatasetSpec(
         name="medagg", open=open_medagg, modality="various", body_part="various",
-        license="the sources' licenses (see the build's datasheet.md)", docs="docs/datasets/medagg.md",
+        license="unknown",  # a build records the most restrictive of its sources' licences (manifest.json)
+ docs="docs/datasets/medagg.md",
         description="the aggregated medical pretraining dataset built by `medzoo data build medagg`; "
                     "medagg:modality or medagg:body_part for coarse labels",
         takes_arg=True, arg_required=False, arg_help="fine|modality|body_part",

@@ -23,6 +23,7 @@ import numpy as np
 from medzoo.cache import PreprocessConfig, clean_stale_tmp, fit_pair, tmp_folder, to_channels, truncate_npy
 from medzoo.data import DataSource, Record, open_dataset
 from medzoo.overlap import HASH_DTYPE, HashIndex, exact_hash, grey8, phash
+from medzoo.licenses import license_id, most_restrictive
 from medzoo.registry import MedzooError
 
 log = logging.getLogger("medzoo.medagg")
@@ -119,7 +120,7 @@ def _open_sources(cfg: BuildConfig) -> list[_Source]:
                               "leave it out or build with --label modality|body_part")
         out.append(_Source(_source_key(name, taken), name, data, data.meta.get("modality") or spec.modality or "unknown",
                            data.meta.get("body_part") or spec.body_part or "unknown",
-                           data.meta.get("license") or spec.license or "unknown"))
+                           license_id(data.meta.get("license") or spec.license)))
     return out
 
 
@@ -221,7 +222,10 @@ def build_medagg(cfg: BuildConfig) -> dict:
         np.save(tmp / "hashes.npy", np.array(hashes, dtype=HASH_DTYPE).reshape(-1, 2))
         (tmp / "manifest.json").write_text(json.dumps({
             "format": 1, "task_label": _column(cfg.label), "classes": classes, "size": cfg.size,
-            "channels": cfg.channels, "config": _config_dict(cfg)}, indent=2) + "\n")
+            "channels": cfg.channels, "config": _config_dict(cfg),
+            # the build inherits the most restrictive of its sources' licences (medzoo.licenses)
+            "licenses": {src.key: src.license for src in sources},
+            "license": most_restrictive([src.license for src in sources])}, indent=2) + "\n")
         from .medagg_sheet import write_datasheet
 
         sheet = write_datasheet(tmp, rows, sources, dropped, bad, cfg)

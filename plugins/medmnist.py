@@ -17,41 +17,42 @@ import numpy as np
 from medzoo import hookimpl
 from medzoo.cache import cache_home, clean_stale_tmp, tmp_folder
 from medzoo.data import ArraySource, Record, data_root
+from medzoo.licenses import license_id, url_of
 from medzoo.registry import DatasetSpec, MedzooError, did_you_mean
 
 from .imaging import preprocess_steps, recipe
 
-# flag -> (task, modality, body part, license, labels). The labels are those of the medmnist package's INFO
+# flag -> (task, modality, body part, licence id, labels). The labels are those of the medmnist package's INFO
 # (3.0); INFO itself is used when the package is installed.
-_NC = "CC BY-NC 4.0"
+_NC = "cc-by-nc-4.0"
 _ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
            "lung-right", "pancreas", "spleen")
 FLAGS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
-    "pathmnist": ("classification", "histology", "colon", "CC BY 4.0", (
+    "pathmnist": ("classification", "histology", "colon", "cc-by-4.0", (
         "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
         "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
-    "chestmnist": ("multilabel", "X-ray", "chest", "CC BY 4.0", (
+    "chestmnist": ("multilabel", "X-ray", "chest", "cc-by-4.0", (
         "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
         "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")),
     "dermamnist": ("classification", "dermatoscopy", "skin", _NC, (
         "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
         "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
-    "octmnist": ("classification", "OCT", "retina", "CC BY 4.0", (
+    "octmnist": ("classification", "OCT", "retina", "cc-by-4.0", (
         "choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
-    "pneumoniamnist": ("classification", "X-ray", "chest", "CC BY 4.0", ("normal", "pneumonia")),
-    "retinamnist": ("classification", "fundus photography", "retina", "CC BY 4.0", ("0", "1", "2", "3", "4")),
-    "breastmnist": ("classification", "ultrasound", "breast", "CC BY 4.0", ("malignant", "normal, benign")),
-    "bloodmnist": ("classification", "microscopy", "blood", "CC BY 4.0", (
+    "pneumoniamnist": ("classification", "X-ray", "chest", "cc-by-4.0", ("normal", "pneumonia")),
+    "retinamnist": ("classification", "fundus photography", "retina", "cc-by-4.0", ("0", "1", "2", "3", "4")),
+    "breastmnist": ("classification", "ultrasound", "breast", "cc-by-4.0", ("malignant", "normal, benign")),
+    "bloodmnist": ("classification", "microscopy", "blood", "cc-by-4.0", (
         "basophil", "eosinophil", "erythroblast",
         "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
         "neutrophil", "platelet")),
-    "tissuemnist": ("classification", "microscopy", "kidney", "CC BY 4.0", (
+    "tissuemnist": ("classification", "microscopy", "kidney", "cc-by-4.0", (
         "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
         "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
         "Thick Ascending Limb")),
-    "organamnist": ("classification", "CT", "abdomen", "CC BY 4.0", _ORGANS),
-    "organcmnist": ("classification", "CT", "abdomen", "CC BY 4.0", _ORGANS),
-    "organsmnist": ("classification", "CT", "abdomen", "CC BY 4.0", _ORGANS),
+    "organamnist": ("classification", "CT", "abdomen", "cc-by-4.0", _ORGANS),
+    "organcmnist": ("classification", "CT", "abdomen", "cc-by-4.0", _ORGANS),
+    "organsmnist": ("classification", "CT", "abdomen", "cc-by-4.0", _ORGANS),
 }
 SIZES = (28, 64, 128, 224)
 
@@ -63,7 +64,7 @@ def flag_info(flag: str) -> tuple[str, str, str, str, tuple[str, ...]]:
 
         info = INFO[flag]
         labels = tuple(info["label"][str(i)] for i in range(len(info["label"])))
-        license_ = info.get("license", license_)
+        license_ = license_id(info.get("license") or license_)
     except (ImportError, KeyError):
         pass
     return task, modality, body, license_, labels
@@ -164,6 +165,7 @@ def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
     pixels = _Concat(images)
     return MedmnistSource(f"medmnist:{npz.stem}", task, labels, records, pixels, source_files=[npz], meta={
         "channels": 3 if images[0].ndim == 4 else 1, "modality": modality, "body_part": body, "license": license_,
+        "license_url": url_of(license_) or "https://medmnist.com/",
         "ordinal": flag == "retinamnist"})
 
 
@@ -183,7 +185,8 @@ class _Concat:
 def register_datasets(register):
     register(DatasetSpec(
         name="medmnist", open=open_medmnist, task="classification", modality="various", body_part="various",
-        license="CC BY 4.0 (dermamnist CC BY-NC 4.0)", docs="docs/datasets/medmnist.md",
+        license="cc-by-4.0", license_url="https://medmnist.com/",  # per flag: FLAGS
+ docs="docs/datasets/medmnist.md",
         description="a 2D MedMNIST/MedMNIST+ dataset from its npz, e.g. medmnist:pathmnist_224 "
                     "(chestmnist is multilabel, retinamnist ordinal)",
         takes_arg=True, arg_help="flag[_size]",

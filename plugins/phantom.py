@@ -127,17 +127,17 @@ PHANTOM_RECIPE = {"epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 2e-
 def register_datasets(register):
     register(DatasetSpec(
         name="phantom_agg", open=open_agg, task="classification", classes=AGG_CLASSES, modality="synthetic",
-        body_part="various", recipe=PHANTOM_RECIPE, license="CC0-1.0 (generated)",
+        body_part="various", recipe=PHANTOM_RECIPE, license="cc0-1.0",
         description=f"SYNTHETIC stand-in for an aggregated medical dataset: {len(AGG_CLASSES)} drawn 'modalities', "
                     f"{len(AGG_CLASSES) * AGG_PER_CLASS} images of {SIZE}px, 2 per patient; runs offline"))
     register(DatasetSpec(
         name="phantom_lesion", open=open_lesion, task="classification", classes=("absent", "present"),
-        modality="synthetic", body_part="breast", recipe=PHANTOM_RECIPE, license="CC0-1.0 (generated)",
+        modality="synthetic", body_part="breast", recipe=PHANTOM_RECIPE, license="cc0-1.0",
         description=f"SYNTHETIC lesion present/absent on breast-like texture, {2 * LESION_PATIENTS} images of "
                     f"{SIZE}px, 2 views per patient; runs offline"))
     register(DatasetSpec(
         name="phantom_lesion_seg", open=lambda root=None, arg=None: open_lesion(task="segmentation",
                                                                                name="phantom_lesion_seg"),
         task="segmentation", classes=("background", "lesion"), modality="synthetic", body_part="breast",
-        recipe={**PHANTOM_RECIPE, "lr": 1e-3}, license="CC0-1.0 (generated)",
+        recipe={**PHANTOM_RECIPE, "lr": 1e-3}, license="cc0-1.0",
         description="SYNTHETIC lesion masks: the phantom_lesion images with a mask of each blob, for segmentation"))

@@ -92,7 +92,7 @@ def open_head_ct(*, root=None, arg=None) -> FileSource:
 def register_datasets(register):
     register(DatasetSpec(
         name="chest_xray", open=open_chest_xray, classes=CHEST_CLASSES, modality="X-ray", body_part="chest",
-        license="CC BY 4.0", docs="docs/datasets/chest_xray.md",
+        license="cc-by-4.0", license_url="https://data.mendeley.com/datasets/rscbjbr9sj/2", docs="docs/datasets/chest_xray.md",
         description="Kermany pediatric chest X-rays, normal vs pneumonia (5,856 images); ':3class' splits "
                     "pneumonia into bacterial and viral",
         takes_arg=True, arg_required=False, arg_help="3class",
@@ -100,7 +100,8 @@ def register_datasets(register):
                       preprocess={"size": 256, "channels": 1, "clahe": 2.0})))
     register(DatasetSpec(
         name="head_ct", open=open_head_ct, classes=HEAD_CT_CLASSES, modality="CT", body_part="head",
-        license="unspecified (Kaggle upload; check before redistribution)", docs="docs/datasets/head_ct.md",
+        license="unknown",  # the Kaggle upload names no licence: check before redistributing
+        license_url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage", docs="docs/datasets/head_ct.md",
         description="Kaggle head CT hemorrhage: 200 axial slices, normal vs hemorrhage",
         recipe=recipe(epochs=40, batch_size=16, lr=1e-4, augment="strong", patience=12, freeze="top:2",
                       preprocess={"size": 256, "channels": 1})))

@@ -4,7 +4,7 @@ hf-hub:<org/repo[@rev]>."""
 from __future__ import annotations
 
 from medzoo import hookimpl
-from medzoo.models import SourceWeights, load_safetensors, sha256_file, stock_timm_name
+from medzoo.models import SourceWeights, stock_timm_name
 from medzoo.registry import MedzooError, WeightSourceSpec, did_you_mean, registry
 
 
@@ -50,8 +50,19 @@ def load_scratch(*, arch, arg=None) -> SourceWeights:
 
 
 def load_file(*, arch, arg=None) -> SourceWeights:
-    sd = load_safetensors(arg)
-    digest = sha256_file(arg)
+    from pathlib import Path
+
+    from medzoo import store, weights
+
+    path = Path(arg).expanduser()
+    recorded = None
+    beside = path.parent / store.CONFIG
+    if path.name == store.WEIGHTS and beside.is_file():  # a medzoo checkpoint's file: its config records the hash
+        try:
+            recorded = store.read_checkpoint(path.parent).lineage.weights_sha256
+        except MedzooError:
+            recorded = None
+    sd, digest = weights.read(path, [recorded], f"'file:{arg}'")
     return SourceWeights(sd, tag=f"file:{digest[:12]}", sha256=digest)
 
 
@@ -61,11 +72,11 @@ def load_hf_hub(*, arch, arg=None) -> SourceWeights:
 
     found = zoo.locate(f"{zoo.HF_PREFIX}{arg}")
     theirs, ours = found.config.get("architecture"), stock_timm_name(arch)
-    published = registry().entries["archs"].get(found.lineage.get("arch", ""))
+    published = registry().entries["archs"].get(found.lineage.arch)
     built_on = published is not None and published.task == "segmentation" and published.classifier == arch.name
-    if found.lineage.get("arch") != arch.name and (ours is None or theirs != ours) and not built_on:
-        raise MedzooError(f"'hf-hub:{arg}' holds a {found.lineage.get('arch') or theirs}, not a {arch.name}; "
-                          f"train {found.lineage.get('arch') or theirs} from it, or pick a {arch.name} repo")
+    if found.lineage.arch != arch.name and (ours is None or theirs != ours) and not built_on:
+        raise MedzooError(f"'hf-hub:{arg}' holds a {found.lineage.arch}, not a {arch.name}; "
+                          f"train {found.lineage.arch} from it, or pick a {arch.name} repo")
     state, digest = zoo.read_weights(found)
     commit = found.origin.rpartition("@")[2]
     return SourceWeights(state, tag=f"hf-hub:{arg.partition('@')[0]}@{commit}", sha256=digest,

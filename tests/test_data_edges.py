@@ -70,7 +70,7 @@ def test_one_class_validation_split_picks_the_best_epoch_by_loss(tmp_path, capsy
     results = medzoo.train("resnet18", f"scratch,imagefolder:{data}", overrides=TINY + ["epochs=2"],
                            precision="fp32")
     assert "the validation split has one class (a), where AUC is undefined" in capsys.readouterr().out
-    best = store.get_local(results[0].name).lineage["stages"][-1]["best"]
+    best = store.get_local(results[0].name).lineage.stages[-1].best
     assert best["metric"] == "loss" and best["value"] == best["value"]  # a number, not NaN
 
 

@@ -122,14 +122,14 @@ def test_evaluate_writes_results_records_them_and_the_card_shows_test_metrics(ck
     assert sorted(r["id"] for r in rows) == sorted(r.id for r in source.split("test"))
     # recorded for the card, which now reports the test split
     lin = store.get_local(ckpt).lineage
-    assert lin["evaluations"]["phantom_lesion-test"]["metrics"]["auc"] == saved["metrics"]["auc"]
+    assert lin.evaluations["phantom_lesion-test"]["metrics"]["auc"] == saved["metrics"]["auc"]
     card = ModelCard(cards.render(store.get_local(ckpt), repo_id="lab/x"))
     assert "Test split of **phantom_lesion** (48 images" in card.text and "95% CI" in card.text
     assert card.data.to_dict()["model-index"][0]["results"][0]["dataset"]["split"] == "test"
     # another split goes to its own folder; the test results stay
     evaluate(ckpt, split="val", bootstrap=0)
     assert (path / "eval" / "phantom_lesion-val" / "metrics.json").is_file() and (out / "metrics.json").is_file()
-    assert set(store.get_local(ckpt).lineage["evaluations"]) == {"phantom_lesion-test", "phantom_lesion-val"}
+    assert set(store.get_local(ckpt).lineage.evaluations) == {"phantom_lesion-test", "phantom_lesion-val"}
     # stale: other weights than the evaluated ones -> the card falls back to validation numbers
     config = json.loads((path / store.CONFIG).read_text())
     config["medzoo"]["evaluations"]["phantom_lesion-test"]["weights_sha256"] = "0" * 64

@@ -70,7 +70,7 @@ def test_scratch_medagg_inbreast_with_the_shipped_recipes(real_data, tmp_path, m
 
     model = medzoo.load("resnet18.scratch-medagg", num_classes=2)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
-    assert model.medzoo_lineage["stages"][-1]["dataset"] == "medagg"
+    assert model.medzoo_lineage.stages[-1].dataset == "medagg"
 
 
 @pytest.mark.parametrize("arch, repo, timm_name, size", [

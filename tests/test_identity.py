@@ -193,8 +193,8 @@ def test_chain_refuses_held_out_images_seen_in_earlier_training_unless_allowed(t
     results = medzoo.train("resnet18", stages, overrides=TINY, precision="fp32", data_roots=roots,
                            allow_overlap=True)
     lin = store.get_local(results[-1].name).lineage
-    assert "overlap" not in lin["stages"][0]
-    overlap = lin["stages"][-1]["overlap"]
+    assert lin.stages[0].overlap is None
+    overlap = lin.stages[-1].overlap
     assert overlap["allowed"] is True and overlap["pairs"] == 1 and "leak.png" in overlap["examples"][0]
 
 

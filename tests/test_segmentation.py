@@ -87,13 +87,13 @@ def test_segmentation_chain_end_to_end_and_load(capsys):
                                          "unet_resnet18.scratch-phantom_agg-phantom_lesion_seg"]
     assert "matched 120/120 encoder tensors" in capsys.readouterr().out
     ckpt = store.get_local(results[1].name)
-    assert ckpt.lineage["task"] == "segmentation" and ckpt.lineage["arch"] == "unet_resnet18"
-    stage = ckpt.lineage["stages"][-1]
-    assert {"dice", "iou", "dice_lesion", "iou_lesion"} <= set(stage["val_metrics"]) and stage["best"]["metric"] == "dice"
+    assert ckpt.lineage.task == "segmentation" and ckpt.lineage.arch == "unet_resnet18"
+    stage = ckpt.lineage.stages[-1]
+    assert {"dice", "iou", "dice_lesion", "iou_lesion"} <= set(stage.val_metrics) and stage.best["metric"] == "dice"
     assert (ckpt.path / "predictions.png").stat().st_size > 0
     # the encoder started from stage 1's weights
     parent = load_file(str(store.get_local(results[0].name).path / store.WEIGHTS))
-    assert stage["parent_sha256"] == results[0].weights_sha256 and "conv1.weight" in parent
+    assert stage.parent_sha256 == results[0].weights_sha256 and "conv1.weight" in parent
     model = medzoo.load(results[1].name)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2, 32, 32)

@@ -35,17 +35,17 @@ def test_three_stage_chain_writes_one_checkpoint_per_stage_with_lineage(capsys):
     assert [r.name for r in results] == ["resnet18.scratch-phantom_agg", "resnet18.scratch-phantom_agg-phantom_lesion"]
     last = store.get_local(results[-1].name)
     lin = last.lineage
-    assert lin["source"]["name"] == "scratch"
-    assert [s["dataset"] for s in lin["stages"]] == ["phantom_agg", "phantom_lesion"]
+    assert lin.source.name == "scratch"
+    assert [s.dataset for s in lin.stages] == ["phantom_agg", "phantom_lesion"]
     first = store.get_local(results[0].name)
     # the lineage chains by weights: stage 2's parent is stage 1's file
-    assert lin["stages"][1]["parent_sha256"] == first.lineage["weights_sha256"] == results[0].weights_sha256
-    assert lin["weights_sha256"] == medzoo.models.sha256_file(last.path / store.WEIGHTS)
+    assert lin.stages[1].parent_sha256 == first.lineage.weights_sha256 == results[0].weights_sha256
+    assert lin.weights_sha256 == medzoo.models.sha256_file(last.path / store.WEIGHTS)
     assert last.config["architecture"] == "resnet18" and last.config["label_names"] == ["absent", "present"]
     assert last.config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     for f in ("history.csv", "metrics.json", "learning_curve.png"):
         assert (last.path / f).stat().st_size > 0
-    assert lin["stages"][1]["recipe"]["image_size"] == 32 and lin["stages"][1]["versions"]["torch"]
+    assert lin.stages[1].recipe["image_size"] == 32 and lin.stages[1].versions["torch"]
     out = capsys.readouterr().out
     assert "loaded 120/122 tensors (head re-initialised)" in out
     # nothing left in the work area once stages are done
@@ -63,7 +63,7 @@ def test_stage_reuse_trains_only_what_changed(capsys):
     assert [r.reused for r in results] == [True, False]
     # same name, other inputs: stored beside the first, never over it
     assert results[1].name.startswith("resnet18.scratch-phantom_agg-phantom_lesion~")
-    assert store.find_local("resnet18.scratch-phantom_agg-phantom_lesion").lineage["stages"][-1]["seed"] == 0
+    assert store.find_local("resnet18.scratch-phantom_agg-phantom_lesion").lineage.stages[-1].seed == 0
     assert "other inputs" in capsys.readouterr().out
     forced = medzoo.train("resnet18", "scratch,phantom_agg", overrides=tiny(), precision="fp32", force=True)
     assert not forced[0].reused
@@ -245,8 +245,8 @@ def test_trains_on_real_layouts_through_the_preprocessed_cache(tmp_path):
                            overrides=tiny("in_chans=1", "freeze=full", "patience=0", "warmup_epochs=0"))
     assert [r.dataset for r in results] == ["chest_xray", "inbreast"]
     lin = store.get_local(results[-1].name).lineage
-    assert lin["stages"][0]["recipe"]["preprocess"]["clahe"] == 2.0  # chest X-ray's default preprocessing
-    assert lin["in_chans"] == 1 and lin["stages"][1]["classes"] == ["benign", "malignant"]
+    assert lin.stages[0].recipe["preprocess"]["clahe"] == 2.0  # chest X-ray's default preprocessing
+    assert lin.in_chans == 1 and lin.stages[1].classes == ["benign", "malignant"]
     caches = [p for p in (store.home() / "cache").iterdir() if p.name not in ("files", "hashes")]
     assert len(caches) == 2  # one preprocessed cache per dataset (beside the file-hash and image-hash caches)
 
@@ -268,7 +268,7 @@ def test_imagenet_source_loads_timm_weights_from_the_hf_cache_without_the_networ
     results = medzoo.train("resnet18", "imagenet,phantom_lesion", overrides=tiny("freeze=head"), precision="fp32")
     assert results[0].name == "resnet18-phantom_lesion"  # the default ImageNet weights show as nothing
     lin = store.get_local(results[0].name).lineage
-    assert lin["source"]["tag"] == "imagenet:a1_in1k"
-    assert lin["source"]["sha256"] == state_sha256(fake_imagenet.state_dict())
+    assert lin.source.tag == "imagenet:a1_in1k"
+    assert lin.source.sha256 == state_sha256(fake_imagenet.state_dict())
     w = weights(results[0].name)
     assert torch.equal(w["layer4.1.conv2.weight"], fake_imagenet.state_dict()["layer4.1.conv2.weight"])

@@ -255,13 +255,13 @@ def test_headline_chain_from_ssl_moco_v2_through_medagg_to_inbreast(tmp_path, se
     n = len(fetching.backbone_shapes("resnet50"))
     assert f"matched {n}/{n} backbone tensors" in proc.stdout
     last = store.get_local("resnet50.ssl_moco_v2-medagg-inbreast")
-    src = last.lineage["source"]
+    src = last.lineage.source
     sha = hashlib.sha256(data).hexdigest()
-    assert src["name"] == "ssl:moco_v2" and src["method"] == "MoCo v2" and src["license"] == "cc-by-nc-4.0"
-    assert src["url"].endswith(f"moco_v2_800ep_pretrain.pth.tar#sha256={sha}") and "Chen, Fan" in src["citation"]
-    assert [s["dataset"] for s in last.lineage["stages"]] == ["medagg", "inbreast"]
+    assert src.name == "ssl:moco_v2" and src.method == "MoCo v2" and src.license == "cc-by-nc-4.0"
+    assert src.url.endswith(f"moco_v2_800ep_pretrain.pth.tar#sha256={sha}") and "Chen, Fan" in src.citation
+    assert [s.dataset for s in last.lineage.stages] == ["medagg", "inbreast"]
     # the medagg stage started from the converted MoCo query encoder: its transfer loaded every backbone tensor
-    assert store.get_local("resnet50.ssl_moco_v2-medagg").lineage["stages"][0]["transfer"].startswith(f"loaded {n}/")
+    assert store.get_local("resnet50.ssl_moco_v2-medagg").lineage.stages[0].transfer.startswith(f"loaded {n}/")
     # the catalogue URL was never asked for: only the mirror, once
     assert [p for p, _ in server.requests] == ["/mirror/moco_v2_800ep_pretrain.pth.tar"]
 

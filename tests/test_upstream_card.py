@@ -1,7 +1,7 @@
 """The model card of a chain that starts from upstream weights names the upstream method, its licence and its
 citation, folds that licence into the card's, and says so when the weights' terms forbid redistribution.
 
-Rendering these is the lineage branch's work (medzoo/cards.py, issue 12): these tests fail until it is merged."""
+Rendering them is medzoo/cards.py's work (the typed lineage's SourceRecord)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def upstream_chain(tmp_path, monkeypatch):
 
 def test_card_names_the_upstream_method_licence_and_citation(upstream_chain):
     ckpt = upstream_chain()
-    assert ckpt.lineage["source"]["method"] == "MoCo v2"  # recorded by the trainer on every branch
+    assert ckpt.lineage.source.method == "MoCo v2"  # recorded by the trainer on every branch
     card = cards.render(ckpt)
     assert "MoCo v2" in card
     assert CITATION in card
@@ -64,5 +64,5 @@ def test_card_names_the_upstream_method_licence_and_citation(upstream_chain):
 
 def test_card_says_when_the_upstream_terms_forbid_redistribution(upstream_chain):
     ckpt = upstream_chain(redistributable=False)
-    assert ckpt.lineage["source"]["redistributable"] is False
+    assert ckpt.lineage.source.redistributable is False
     assert "redistribut" in cards.render(ckpt).lower()

@@ -7,27 +7,32 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from medzoo import cards, store
+from medzoo import cards, licenses, store
 from zoofixtures import ckpt, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_license_is_the_most_restrictive_and_a_hub_id():
-    assert store.hf_license("CC BY-NC 4.0") == "cc-by-nc-4.0"
-    assert store.hf_license("CC0-1.0 (generated)") == "cc0-1.0"
-    assert store.hf_license("research use only") == "other" and store.hf_license("") == "unknown"
-    assert store.most_restrictive(["CC0-1.0 (generated)", "CC BY-NC 4.0", "CC BY 4.0"]) == "CC BY-NC 4.0"
-    assert store.most_restrictive(["CC BY-NC 4.0", "CC BY-NC-SA 4.0"]) == "CC BY-NC-SA 4.0"
-    assert store.most_restrictive(["CC BY 4.0", "research use only"]) == "research use only"
-    assert store.most_restrictive(["CC BY 4.0", ""]) == ""  # an unknown license makes the whole unknown
+    assert licenses.license_id("CC BY-NC 4.0") == "cc-by-nc-4.0"
+    assert licenses.license_id("CC0-1.0 (generated)") == "cc0-1.0"
+    assert licenses.license_id("research use only") == "other" and licenses.license_id("") == "unknown"
+    # "license unspecified" is unknown (nobody recorded terms), not a custom licence
+    assert licenses.license_id("unspecified (Kaggle upload; check before redistribution)") == "unknown"
+    assert licenses.most_restrictive(["cc0-1.0", "cc-by-nc-4.0", "cc-by-4.0"]) == "cc-by-nc-4.0"
+    assert licenses.most_restrictive(["cc-by-nc-4.0", "cc-by-nc-sa-4.0"]) == "cc-by-nc-sa-4.0"
+    assert licenses.most_restrictive(["cc-by-4.0", "cc-by-nd-4.0"]) == "cc-by-nd-4.0"
+    assert licenses.most_restrictive(["cc-by-nc-4.0", "cc-by-nd-4.0"]) == "cc-by-nc-nd-4.0"
+    assert licenses.most_restrictive(["cc-by-4.0", "research use only"]) == "other"
+    assert licenses.most_restrictive(["other", "unknown", "cc-by-nc-nd-4.0"]) == "unknown"  # unknown beats all
+    assert licenses.most_restrictive([]) == "unknown"
 
 
 def test_card_reflects_the_lineage(ckpt):
     def two_stages(config):
         lin = config["medzoo"]
-        first = dict(lin["stages"][0], dataset="chest_public", license="CC BY 4.0", modality="XR")
-        lin["stages"][-1].update(license="CC BY-NC 4.0", modality="MG")
+        first = dict(lin["stages"][0], dataset="chest_public", license="cc-by-4.0", modality="XR")
+        lin["stages"][-1].update(license="cc-by-nc-4.0", modality="MG")
         lin["stages"].insert(0, first)
         lin["source"] = {"name": "imagenet", "tag": "imagenet:a1_in1k", "sha256": "x"}
 
@@ -37,7 +42,8 @@ def test_card_reflects_the_lineage(ckpt):
     assert meta["license"] == "cc-by-nc-4.0" and meta["base_model"] == "timm/test_resnet.a1_in1k"
     assert meta["datasets"] == ["chest_public", "phantom_lesion"] and {"XR", "MG"} <= set(meta["tags"])
     assert "| 1 | chest_public" in card.text and "| 2 | phantom_lesion" in card.text
-    assert "**CC BY-NC 4.0**" in card.text and "ImageNet" in card.text
+    assert "**cc-by-nc-4.0**" in card.text and "ImageNet" in card.text
+    assert "| 1 | chest_public (" in card.text and "| cc-by-4.0 |" in card.text  # every stage's licence
 
 
 def test_wheel_ships_the_templates_and_the_catalogue(tmp_path):

@@ -54,7 +54,7 @@ def test_publish_then_load_with_medzoo_and_plain_timm(ckpt, hub):
     assert {r.metric_type for r in card.data.eval_results} == {"auc", "accuracy"}
     assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card.text and "not for clinical use" in card.text.lower()
     published = json.loads(repo.commits[result.commit].files["config.json"])
-    assert published == store.get_local(ckpt).config and published["architecture"] == "test_resnet"
+    assert published == store.get_local(ckpt).full_config() and published["architecture"] == "test_resnet"
 
 
 def test_second_publish_is_a_new_commit_and_the_old_one_still_loads(ckpt, hub):
@@ -78,9 +78,9 @@ def test_training_continues_from_published_weights(ckpt, hub):
     commit = mzhub.publish(ckpt, REPO).commit
     result = medzoo.train(ARCH, f"hf-hub:{REPO}@{commit},phantom_lesion", overrides=["epochs=1", "image_size=32"],
                           precision="fp32")[-1]
-    source = store.get_local(result.name).lineage["source"]
+    source = store.get_local(result.name).lineage.source.to_dict()
     assert source == {"name": f"hf-hub:{REPO}@{commit}", "tag": f"hf-hub:{REPO}@{commit}",
-                      "sha256": store.get_local(ckpt).lineage["weights_sha256"]}
+                      "sha256": store.get_local(ckpt).lineage.weights_sha256}
     with pytest.raises(MedzooError, match="holds a timm:test_resnet, not a resnet18"):
         medzoo.train("resnet18", f"hf-hub:{REPO},phantom_lesion", overrides=["epochs=1", "image_size=32"])
 
@@ -174,7 +174,7 @@ def test_cli_dry_run_publish_and_card_never_write_the_token(ckpt, hub, tmp_path)
     env = hub_env(hub, tmp_path)
     out = tmp_path / "dry"
     dry = run_cli("publish", ckpt, "--repo-id", REPO, "--dry-run", "--out", str(out), env=env)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".medzoo-dry-run", "README.md", "config.json", "model.safetensors"]
     assert all(name in dry.stdout for name in ("README.md", "config.json", "model.safetensors"))
     assert (out / "model.safetensors").read_bytes() == (store.get_local(ckpt).path / store.WEIGHTS).read_bytes()
     assert REPO not in hub.repos  # a dry run sends nothing

@@ -32,7 +32,7 @@ def test_unet_publishes_in_smp_layout_and_loads_with_smp_and_medzoo(hub):
     smp_config = json.loads(files["config.json"])
     assert smp_config["_model_class"] == "Unet" and smp_config["encoder_name"] == "tu-resnet18"
     assert smp_config["classes"] == 2 and "medzoo" not in smp_config  # smp passes unknown keys on to timm
-    assert json.loads(files["medzoo.json"]) == store.get_local(name).config
+    assert json.loads(files["medzoo.json"]) == store.get_local(name).full_config()
     assert files["model.safetensors"] == (store.get_local(name).path / store.WEIGHTS).read_bytes()
 
     local = _local_state(name)
@@ -54,8 +54,8 @@ def test_unet_publishes_in_smp_layout_and_loads_with_smp_and_medzoo(hub):
     # the published weights start another chain; the segmentation head comes along (same classes)
     again = medzoo.train("unet_resnet18", f"hf-hub:{REPO},phantom_lesion_seg", **FAST)
     lineage = store.get_local(again[-1].name).lineage
-    assert lineage["source"]["name"] == f"hf-hub:{REPO}"
-    assert lineage["stages"][-1]["parent_sha256"] == model.pretrained_cfg["weights_sha256"]
+    assert lineage.source.name == f"hf-hub:{REPO}"
+    assert lineage.stages[-1].parent_sha256 == model.pretrained_cfg["weights_sha256"]
 
 
 def test_a_plain_smp_repo_is_not_taken_for_a_medzoo_model(hub, tmp_path):
