@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__, data as mzdata, models, store
+from . import __version__, data as mzdata, models, speed, store
 from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
                       segmentation_metrics, write_history)
 from .registry import MedzooError, registry
@@ -30,10 +30,10 @@ class Runtime:
     """How to run, not what to train: none of this changes a stage's identity."""
 
     device: str | None = None  # auto: cuda > mps > cpu
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    channels_last: bool | None = None  # auto: on for convolutional nets
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto is decided by medzoo.speed from the hardware
+    channels_last: bool | None = None  # None: auto (medzoo.speed.channels_last)
     compile: bool = False
-    num_workers: int = 0  # on 2 CPU cores workers compete with compute; 0 measured fastest
+    num_workers: int | str | None = None  # None or "auto": medzoo.speed.workers (CUDA: from the cores; CPU: 0)
     data_roots: dict[str, str] = field(default_factory=dict)
     force: bool = False
     skip_bad: bool = False  # leave out unreadable files and rows (counted and listed) instead of failing
@@ -92,6 +92,8 @@ class StageTrainer:
         self.n_train = len(source.split("train"))
         self.workdir = store.runs_dir() / key[:16]
         self.device = _device(runtime.device)
+        self.hw = speed.detect(self.device.type)
+        speed.precision(runtime.precision, self.hw), speed.workers(runtime.num_workers, self.hw)  # bad values fail here
         _seed_everything(recipe["seed"])
         self.model = models.build(arch_ref, num_classes=len(source.classes), in_chans=recipe["in_chans"],
                                   img_size=recipe["image_size"])
@@ -123,20 +125,14 @@ class StageTrainer:
 
     # -- pieces ----------------------------------------------------------------------------------
     def _precision(self) -> tuple[torch.dtype | None, bool]:
-        p = self.runtime.precision
-        if p == "auto":
-            p = "bf16" if self.device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-            if self.device.type == "mps":
-                p = "fp32"
-        if p not in ("bf16", "fp16", "fp32"):
-            raise MedzooError(f"--precision must be bf16, fp16, fp32 or auto, not '{p}'")
+        p = speed.precision(self.runtime.precision, self.hw)
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
 
     def _channels_last(self) -> bool:
-        if self.runtime.channels_last is not None:
-            return self.runtime.channels_last
         fam = f"{self.arch_ref.spec.family} {self.arch_ref.name}".lower()
-        return not any(t in fam for t in ("swin", "vit", "deit", "unetr"))  # measured: no gain for Swin
+        transformer = any(t in fam for t in ("swin", "vit", "deit", "unetr"))
+        return speed.channels_last(self.runtime.channels_last, self.hw,
+                                   speed.precision(self.runtime.precision, self.hw), transformer)
 
     def _transform_cfg(self) -> mzdata.TransformConfig:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -161,7 +157,7 @@ class StageTrainer:
                 sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
             else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
                 ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
-        w = self.runtime.num_workers
+        w = speed.workers(self.runtime.num_workers, self.hw)
         return torch.utils.data.DataLoader(
             ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
             generator=self.gen if train else None, num_workers=w, pin_memory=self.device.type == "cuda",
@@ -331,7 +327,10 @@ class StageTrainer:
         loader = self.train_loader
         self._reseed(loader, epoch)
         accum = self.recipe["grad_accum"]
-        total, count = 0.0, 0
+        # the loss is summed on the device and read once per epoch (and when the bar redraws): loss.item() at
+        # every step would wait for the GPU each time. float64 (MPS has none) keeps the sum what Python's was.
+        total = torch.zeros((), dtype=torch.float32 if self.device.type == "mps" else torch.float64, device=self.device)
+        count, shown = 0, time.monotonic()
         bar = tqdm(loader, desc=f"{self.name} {epoch + 1}/{self.recipe['epochs']}", leave=False,
                    disable=_rank() != 0 or None, dynamic_ncols=True)
         opt.zero_grad(set_to_none=True)
@@ -348,12 +347,15 @@ class StageTrainer:
                 opt.zero_grad(set_to_none=True)
                 if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
                     sched.step()
-            total += loss.item() * len(x)
+            total += loss.detach().to(total.dtype) * len(x)
             count += len(x)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        stats = torch.tensor([total, count], dtype=torch.float64)
+            if not bar.disable and time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+        stats = torch.stack([total, torch.tensor(float(count), dtype=total.dtype, device=self.device)])
         if _world() > 1:
             dist.all_reduce(stats)
+        stats = stats.cpu()
         return float(stats[0] / max(1.0, float(stats[1])))
 
     @torch.no_grad()
@@ -411,8 +413,10 @@ class StageTrainer:
                  "seed": self.recipe["seed"], "parent_sha256": self.parent.sha256,
                  "transfer": str(self.transfer) if self.transfer else "none (random init)",
                  "seconds": round(seconds, 1), "n_train": self.n_train,
-                 "runtime": {"device": str(self.device), "precision": self.runtime.precision,
-                             "world_size": _world()},
+                 "runtime": {"device": str(self.device), "hardware": self.hw.describe(),
+                             "precision": speed.precision(self.runtime.precision, self.hw),
+                             "channels_last": self._channels_last(),
+                             "workers": speed.workers(self.runtime.num_workers, self.hw), "world_size": _world()},
                  "versions": {"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__}}
         return {"name": None, "arch": self.arch_ref.name, "timm_name": models.stock_timm_name(self.arch_ref),
                 "task": self.task, "in_chans": self.recipe["in_chans"], "image_size": self.recipe["image_size"],
