@@ -75,8 +75,8 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class FreezePolicySpec:
     """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=)`` sets ``requires_grad`` at each
-    epoch start and may return ``{param_name: lr_scale}``. A policy that only picks another one
-    (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead."""
+    epoch start and may return ``{param_name: lr_scale}``, applied to that epoch (optimizer state kept).
+    A policy that only picks another one (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead."""
 
     name: str
     apply: Callable[..., Any] | None = None

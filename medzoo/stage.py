@@ -129,10 +129,8 @@ class StageTrainer:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
 
     def _channels_last(self) -> bool:
-        fam = f"{self.arch_ref.spec.family} {self.arch_ref.name}".lower()
-        transformer = any(t in fam for t in ("swin", "vit", "deit", "unetr"))
         return speed.channels_last(self.runtime.channels_last, self.hw,
-                                   speed.precision(self.runtime.precision, self.hw), transformer)
+                                   speed.precision(self.runtime.precision, self.hw), speed.is_transformer(self.arch_ref))
 
     def _transform_cfg(self) -> mzdata.TransformConfig:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -168,19 +166,50 @@ class StageTrainer:
         if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
             loader.sampler.set_epoch(epoch)
 
-    def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
+    def _param_groups(self, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
         r = self.recipe
         no_decay = set(getattr(self.model, "no_weight_decay", lambda: set())())
         groups: dict[tuple[float, float], list] = {}
         for n, p in self.model.named_parameters():
             wd = 0.0 if p.ndim <= 1 or n in no_decay else r["weight_decay"]
             groups.setdefault((lr_scales.get(n, 1.0), wd), []).append(p)
-        params = [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s}
-                  for (s, wd), ps in groups.items()]
+        return [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s} for (s, wd), ps in groups.items()]
+
+    def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
+        r = self.recipe
+        params = self._param_groups(lr_scales)
         if r["optimizer"] == "sgd":
             return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], nesterov=True)
         cls = torch.optim.AdamW if r["optimizer"] == "adamw" else torch.optim.Adam
         return cls(params, lr=r["lr"])
+
+    def _rescale(self, opt: torch.optim.Optimizer, sched, lr_scales: dict[str, float]) -> None:
+        """Regroup the optimizer by this epoch's lr scales when the freeze policy changed them. Per-parameter
+        state (Adam moments, momentum) is keyed by the parameter, so it stays; the schedule's current factor
+        carries over to the new groups."""
+        new = self._param_groups(lr_scales)
+
+        def layout(groups):
+            return [(g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in groups]
+
+        if layout(new) == layout(opt.param_groups):
+            return
+        lambda_lr = isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
+        if lambda_lr:
+            factor = sched.lr_lambdas[0](sched.last_epoch)
+        else:  # ReduceLROnPlateau: every group has been cut by the same factor so far
+            ref = next((g for g in opt.param_groups if g["lr_scale"]), None)
+            factor = ref["lr"] / (self.recipe["lr"] * ref["lr_scale"]) if ref else 1.0
+        hyper = {k: v for k, v in opt.param_groups[0].items()
+                 if k not in ("params", "lr", "weight_decay", "lr_scale", "initial_lr")}  # betas, eps, momentum…
+        for g in new:
+            base = g["lr"]
+            g.update(hyper, lr=base * factor, **({"initial_lr": base} if lambda_lr else {}))
+        opt.param_groups[:] = new
+        if lambda_lr:
+            sched.base_lrs = [g["initial_lr"] for g in new]
+            sched.lr_lambdas = [sched.lr_lambdas[0]] * len(new)
+            sched._last_lr = [g["lr"] for g in new]
 
     def _scheduler(self, opt, steps_per_epoch: int):
         r = self.recipe
@@ -234,7 +263,12 @@ class StageTrainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> tuple[StageResult, Parent]:
         r, t0 = self.recipe, time.time()
-        lr_scales = self._apply_policy(0)
+        resume = self.workdir / "last.safetensors"
+        state = store.load_state(resume) if resume.is_file() else None
+        if state is not None and state.get("key") != self.key:
+            state = None
+        # the optimizer's groups as they were when its state was saved (lr scales may change per epoch)
+        lr_scales = self._apply_policy(state["epoch"] if state is not None else 0)
         self.model.to(self.device)
         cl = self._channels_last()
         if cl:
@@ -250,18 +284,15 @@ class StageTrainer:
         history: list[dict] = []
         best = {"metric": self.metric, "value": None, "epoch": None}
         best_state, bad, start = None, 0, 0
-        resume = self.workdir / "last.safetensors"
-        if resume.is_file():
-            state = store.load_state(resume)
-            if state.get("key") == self.key:
-                self.model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                scaler.load_state_dict(state["scaler"])
-                _set_rng(state["rng"])
-                history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
-                best_state = models.load_safetensors(self.workdir / "best.safetensors")
-                log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng(state["rng"])
+            history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
+            best_state = models.load_safetensors(self.workdir / "best.safetensors")
+            log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
         if self.transfer is not None and start == 0:
             log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
                 + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
@@ -269,7 +300,7 @@ class StageTrainer:
         stopped_early = False
         for epoch in range(start, r["epochs"]):
             te = time.time()
-            self._apply_policy(epoch)
+            self._rescale(opt, sched, self._apply_policy(epoch))
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             ddp = net
             if _world() > 1:
