@@ -72,6 +72,12 @@ def detect(device: str = "cpu") -> Hardware:
                     local_processes=max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
+def is_transformer(arch_ref) -> bool:
+    """Swin/ViT-like: their only convolution is the patch embedding, so channels_last barely reaches them."""
+    fam = f"{arch_ref.spec.family} {arch_ref.name}".lower()
+    return any(t in fam for t in ("swin", "vit", "deit", "unetr"))
+
+
 def precision(requested: str, hw: Hardware) -> str:
     """``auto``: CUDA bf16 where the GPU has it, else fp16 (with a GradScaler); CPU bf16 autocast only with
     native bf16 (:attr:`Hardware.cpu_bf16_native`), else fp32; MPS fp32."""
