@@ -15,6 +15,7 @@ from .registry import MedzooError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_AUTO_WORKERS = 8
+X86 = ("x86_64", "amd64", "i386", "i686")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Hardware:
     mkldnn_bf16: bool = False  # torch.ops.mkldnn._is_mkldnn_bf16_supported()
     bf16_instructions: bool = False  # x86: AVX512_BF16 or AMX tiles; ARM: the BF16 extension
     cuda_bf16: bool = False  # torch.cuda.is_bf16_supported() (Ampere and later)
+    gpu_name: str = ""  # torch.cuda.get_device_name()
     cores: int = 1  # cores this process may run on (its affinity mask, not the machine's count)
     local_processes: int = 1  # training processes on this machine (torchrun's LOCAL_WORLD_SIZE)
 
@@ -35,13 +37,15 @@ class Hardware:
         than fp32; on AVX2-only CPUs it is 6-8x slower."""
         if not self.mkldnn_bf16 or not self.bf16_instructions:
             return False
-        if self.cpu_arch.lower() in ("x86_64", "amd64", "i386", "i686"):
+        if self.cpu_arch.lower() in X86:
             return self.cpu_capability.upper().startswith("AVX512")
         return True
 
     def describe(self) -> str:
+        if self.device == "cuda":
+            return f"cuda {self.gpu_name}".strip() + (", bf16" if self.cuda_bf16 else ", no bf16")
         if self.device != "cpu":
-            return f"{self.device}" + (" (bf16)" if self.device == "cuda" and self.cuda_bf16 else "")
+            return self.device
         native = "native bf16" if self.cpu_bf16_native else "no native bf16"
         return f"cpu {self.cpu_arch} {self.cpu_capability}, {native}, {self.cores} cores"
 
@@ -55,8 +59,7 @@ def detect(device: str = "cpu") -> Hardware:
 
     arch = platform.machine()
     mkldnn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    x86 = arch.lower() in ("x86_64", "amd64", "i386", "i686")
-    if x86:
+    if arch.lower() in X86:
         cpu = getattr(torch, "cpu", None)
         isa = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
@@ -66,9 +69,11 @@ def detect(device: str = "cpu") -> Hardware:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    cuda_bf16 = device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cuda = device == "cuda" and torch.cuda.is_available()
+    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
     return Hardware(device=device, cpu_arch=arch, cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                    mkldnn_bf16=mkldnn, bf16_instructions=isa, cuda_bf16=bool(cuda_bf16), cores=cores,
+                    mkldnn_bf16=mkldnn, bf16_instructions=isa, cuda_bf16=bool(cuda_bf16),
+                    gpu_name=torch.cuda.get_device_name() if cuda else "", cores=cores,
                     local_processes=max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
