@@ -23,6 +23,10 @@ CONFIGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (Fals
            "channels_last+bf16": (True, True)}
 
 
+def rate(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.2f}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -174,7 +178,7 @@ def main() -> None:
         fastest = max(plain, key=plain.get)
         for n, (t, warm) in res.items():
             mark = ("fastest " if n == fastest else "") + ("medzoo default" if n == default else "")
-            rows.append([arch, n, f"{ips[n]:.0f}", f"{fp32 / common.median(t):.2f}x", common.spread(t),
+            rows.append([arch, n, rate(ips[n]), f"{fp32 / common.median(t):.2f}x", common.spread(t),
                          f"{warm:.1f} s", mark.strip()])
         model_ips[arch] = ips[default]
         figures.append((f"gpu_precision_default_{arch}", ips[default] / ips[fastest], ">=0.95",
@@ -186,11 +190,11 @@ def main() -> None:
     n_img = 32 if quick else 512
     pipe = pipeline(device, hw, n_img, size, batch, 1.0 if quick else 8.0)
     print(f"\n-- data pipeline from the cache ({n_img} PNG 512x512 cached at 256 px, 'light' augmentation to {size} px)")
-    common.table([[f"--workers {k}", w, f"{v:.0f}"] for k, (w, v) in pipe.items()],
+    common.table([[f"--workers {k}", w, rate(v)] for k, (w, v) in pipe.items()],
                   ["loader", "workers", "img/s"])
     for arch, v in model_ips.items():
         figures.append((f"gpu_data_vs_model_{arch}", pipe["auto"][1] / v, ">=1",
-                        {"loader_img_s": f"{pipe['auto'][1]:.0f}", "model_img_s": f"{v:.0f}"}))
+                        {"loader_img_s": rate(pipe["auto"][1]), "model_img_s": rate(v)}))
     print(f"load at end: {common.load()}; {time.perf_counter() - t0:.0f} s in all")
     for fig, value, target, extra in figures:
         print(common.ratio(fig, value, target, device=device.type, quick=quick, **extra))

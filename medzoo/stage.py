@@ -293,6 +293,7 @@ class StageTrainer:
             history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
             best_state = models.load_safetensors(self.workdir / "best.safetensors")
             log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
+            state = None  # the saved optimizer state is a model's size or twice that: not kept for the whole stage
         if self.transfer is not None and start == 0:
             log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
                 + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
