@@ -9,7 +9,7 @@ used on CPU); the table also shows each one's first-step loss against fp32's.
 from __future__ import annotations
 
 import argparse
-import types
+import os
 
 import torch
 
@@ -19,16 +19,23 @@ CONFIGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (Fals
            "channels_last+bf16": (True, True)}
 
 
-def medzoo_default(arch: str) -> str:
+def medzoo_default(arch: str, hw) -> str:
+    """What ``--precision auto`` and channels_last auto pick for this arch on this machine (the trainer's rule)."""
+    from medzoo import speed
     from medzoo.registry import registry
-    from medzoo.stage import Runtime, StageTrainer
 
-    fake = types.SimpleNamespace(runtime=Runtime(), device=torch.device("cpu"),
-                                 arch_ref=registry().resolve("archs", arch))
-    amp, _ = StageTrainer._precision(fake)
-    cl = StageTrainer._channels_last(fake)
+    precision = speed.precision("auto", hw)
+    cl = speed.channels_last(None, hw, precision, speed.is_transformer(registry().resolve("archs", arch)))
     return {(False, False): "fp32", (True, False): "channels_last", (False, True): "bf16",
-            (True, True): "channels_last+bf16"}[(cl, amp is torch.bfloat16)]
+            (True, True): "channels_last+bf16"}[(cl, precision == "bf16")]
+
+
+def cpu_line(hw) -> str:
+    """The CPU facts the defaults are decided from, and any ISA cap set in the environment (an emulated CPU)."""
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if k in os.environ}
+    return (f"cpu capability {hw.cpu_capability} ({hw.cpu_arch}), oneDNN bf16 {hw.mkldnn_bf16}, bf16 instructions "
+            f"{hw.bf16_instructions}: native bf16 {'yes' if hw.cpu_bf16_native else 'no'}"
+            + (f"; ISA capped by {caps}" if caps else ""))
 
 
 def main() -> None:
@@ -38,7 +45,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     common.header(f"precision/layout: training images/s, batch {args.batch}, 224 px")
-    from medzoo import models
+    from medzoo import models, speed as mzspeed
+
+    hw = mzspeed.detect("cpu")
+    print(cpu_line(hw))
 
     rows, figures = [], []
     for arch in args.archs.split(","):
@@ -77,7 +87,7 @@ def main() -> None:
         fp32 = common.median(runs["fp32"])
         speed = {n: fp32 / common.median(t) for n, t in runs.items()}
         fastest = max(speed, key=speed.get)
-        default = medzoo_default(arch)
+        default = medzoo_default(arch, hw)
         for n, t in runs.items():
             rel = abs(first_loss[n] - first_loss["fp32"]) / abs(first_loss["fp32"])
             mark = ("fastest " if n == fastest else "") + ("medzoo default" if n == default else "")
@@ -89,7 +99,8 @@ def main() -> None:
     for arch, d, f, default, fastest in figures:
         # the default's throughput as a fraction of the fastest safe configuration's (1.0: it is the fastest)
         print(common.ratio(f"precision_default_{arch}", d / f, ">=0.95", default=default, fastest=fastest,
-                           default_vs_fp32=f"{d:.2f}"))
+                           default_vs_fp32=f"{d:.2f}", cpu=hw.cpu_capability,
+                           native_bf16="yes" if hw.cpu_bf16_native else "no"))
 
 
 if __name__ == "__main__":

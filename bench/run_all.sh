@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark (about 9-11 minutes on 2 CPU cores) and collect their RATIO lines.
+# gpu.py runs on a CUDA machine and prints one "skipped" line elsewhere.
 # Output: bench/results/latest.txt (full) and the RATIO summary at the end; docs/benchmarks.md quotes a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ mkdir -p bench/results
 out=bench/results/latest.txt
 : > "$out"
 start=$(date +%s)
-for script in train_overhead data_pipeline cache_epochs precision load stage_reuse scale identity overlap; do
+for script in train_overhead data_pipeline cache_epochs precision load stage_reuse scale identity overlap gpu; do
     t=$(date +%s)
     (cd bench && "$PY" "$script.py" 2>&1 | grep -v -E '^\[|^$|^stage |^checkpoints in |^phantom|^resnet18\.' ) | tee -a "$out"
     echo "-- $script: $(( $(date +%s) - t )) s" | tee -a "$out"

@@ -198,6 +198,15 @@ def plugins(as_json):
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
 
 
+def _workers_option(ctx, param, value):
+    """``--workers N|auto``: checked here so a typo fails before any dataset is opened."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None if value is None else "auto"
+    if not str(value).strip().isdigit():
+        raise click.BadParameter(f"'{value}' is not a whole number >= 0 or auto")
+    return int(value)
+
+
 @cli.command()
 @click.argument("arch")
 @click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,medagg,inbreast "
@@ -209,10 +218,13 @@ def plugins(as_json):
 @click.option("--force", is_flag=True, help="Retrain stages even when a stored checkpoint matches.")
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on CPU and on GPUs that have it, else fp16 with a GradScaler.")
-@click.option("--channels-last/--no-channels-last", default=None, help="Default: on for convolutional nets.")
+              help="auto: bf16 autocast on GPUs that have it (else fp16 with a GradScaler) and on CPUs with native "
+                   "bf16 (AVX512-BF16/AMX), else fp32.")
+@click.option("--channels-last/--no-channels-last", default=None, help="Default: on for convolutional nets "
+              "(transformers: only in fp32 on CPU).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", default="auto", show_default=True, callback=_workers_option, metavar="N|auto",
+              help="DataLoader worker processes; auto: min(8, usable cores) on CUDA, 0 on CPU.")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images and bad rows (reported) instead of failing.")
 @click.option("--allow-overlap", is_flag=True,
@@ -291,7 +303,8 @@ def errors(name, dataset, split, right, data_roots, device, out):
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (default: runs/<grid name>).")
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the grid's runtime, else the best available).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
-@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
+@click.option("--workers", "num_workers", callback=_workers_option, metavar="N|auto",
+              help="DataLoader worker processes or auto (default: the grid's, else auto).")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--check", is_flag=True, help="Resolve every cell (archs, chains, datasets, recipes) and print the "
               "plan; train nothing.")

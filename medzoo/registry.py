@@ -82,9 +82,10 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class FreezePolicySpec:
     """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=)`` sets ``requires_grad`` at each
-    epoch start and may return ``{param_name: lr_scale}``. A policy that only picks another one
-    (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead. ``check(arg)`` raises MedzooError
-    on a bad argument, so a recipe naming ``lld:7`` fails when it is read, not after a stage is built."""
+    epoch start and may return ``{param_name: lr_scale}``, applied to that epoch (optimizer state kept).
+    A policy that only picks another one (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead.
+    ``check(arg)`` raises MedzooError on a bad argument, so a recipe naming ``lld:7`` fails when it is read,
+    not after a stage is built."""
 
     name: str
     apply: Callable[..., Any] | None = None

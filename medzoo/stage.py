@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__, data as mzdata, licenses, models, store
+from . import __version__, data as mzdata, licenses, models, speed, store
 from .lineage import Lineage, StageRecord
 from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
                       segmentation_metrics, write_history)
@@ -31,10 +31,10 @@ class Runtime:
     """How to run, not what to train: none of this changes a stage's identity."""
 
     device: str | None = None  # auto: cuda > mps > cpu
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    channels_last: bool | None = None  # auto: on for convolutional nets
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto is decided by medzoo.speed from the hardware
+    channels_last: bool | None = None  # None: auto (medzoo.speed.channels_last)
     compile: bool = False
-    num_workers: int = 0  # on 2 CPU cores workers compete with compute; 0 measured fastest
+    num_workers: int | str | None = None  # None or "auto": medzoo.speed.workers (CUDA: from the cores; CPU: 0)
     data_roots: dict[str, str] = field(default_factory=dict)
     force: bool = False
     skip_bad: bool = False  # leave out unreadable files and rows (counted and listed) instead of failing
@@ -97,6 +97,8 @@ class StageTrainer:
         self.n_train = len(source.split("train"))
         self.workdir = store.runs_dir() / key[:16]
         self.device = _device(runtime.device)
+        self.hw = speed.detect(self.device.type)
+        speed.precision(runtime.precision, self.hw), speed.workers(runtime.num_workers, self.hw)  # bad values fail here
         _seed_everything(recipe["seed"])
         self.model = models.build(arch_ref, num_classes=len(source.classes), in_chans=recipe["in_chans"],
                                   img_size=recipe["image_size"])
@@ -128,20 +130,12 @@ class StageTrainer:
 
     # -- pieces ----------------------------------------------------------------------------------
     def _precision(self) -> tuple[torch.dtype | None, bool]:
-        p = self.runtime.precision
-        if p == "auto":
-            p = "bf16" if self.device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-            if self.device.type == "mps":
-                p = "fp32"
-        if p not in ("bf16", "fp16", "fp32"):
-            raise MedzooError(f"--precision must be bf16, fp16, fp32 or auto, not '{p}'")
+        p = speed.precision(self.runtime.precision, self.hw)
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
 
     def _channels_last(self) -> bool:
-        if self.runtime.channels_last is not None:
-            return self.runtime.channels_last
-        fam = f"{self.arch_ref.spec.family} {self.arch_ref.name}".lower()
-        return not any(t in fam for t in ("swin", "vit", "deit", "unetr"))  # measured: no gain for Swin
+        return speed.channels_last(self.runtime.channels_last, self.hw,
+                                   speed.precision(self.runtime.precision, self.hw), speed.is_transformer(self.arch_ref))
 
     def _transform_cfg(self) -> mzdata.TransformConfig:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -166,7 +160,7 @@ class StageTrainer:
                 sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
             else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
                 ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
-        w = self.runtime.num_workers
+        w = speed.workers(self.runtime.num_workers, self.hw)
         return torch.utils.data.DataLoader(
             ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
             generator=self.gen if train else None, num_workers=w, pin_memory=self.device.type == "cuda",
@@ -177,19 +171,50 @@ class StageTrainer:
         if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
             loader.sampler.set_epoch(epoch)
 
-    def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
+    def _param_groups(self, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
         r = self.recipe
         no_decay = set(getattr(self.model, "no_weight_decay", lambda: set())())
         groups: dict[tuple[float, float], list] = {}
         for n, p in self.model.named_parameters():
             wd = 0.0 if p.ndim <= 1 or n in no_decay else r["weight_decay"]
             groups.setdefault((lr_scales.get(n, 1.0), wd), []).append(p)
-        params = [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s}
-                  for (s, wd), ps in groups.items()]
+        return [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s} for (s, wd), ps in groups.items()]
+
+    def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
+        r = self.recipe
+        params = self._param_groups(lr_scales)
         if r["optimizer"] == "sgd":
             return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], nesterov=True)
         cls = torch.optim.AdamW if r["optimizer"] == "adamw" else torch.optim.Adam
         return cls(params, lr=r["lr"])
+
+    def _rescale(self, opt: torch.optim.Optimizer, sched, lr_scales: dict[str, float]) -> None:
+        """Regroup the optimizer by this epoch's lr scales when the freeze policy changed them. Per-parameter
+        state (Adam moments, momentum) is keyed by the parameter, so it stays; the schedule's current factor
+        carries over to the new groups."""
+        new = self._param_groups(lr_scales)
+
+        def layout(groups):
+            return [(g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in groups]
+
+        if layout(new) == layout(opt.param_groups):
+            return
+        lambda_lr = isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
+        if lambda_lr:
+            factor = sched.lr_lambdas[0](sched.last_epoch)
+        else:  # ReduceLROnPlateau: every group has been cut by the same factor so far
+            ref = next((g for g in opt.param_groups if g["lr_scale"]), None)
+            factor = ref["lr"] / (self.recipe["lr"] * ref["lr_scale"]) if ref else 1.0
+        hyper = {k: v for k, v in opt.param_groups[0].items()
+                 if k not in ("params", "lr", "weight_decay", "lr_scale", "initial_lr")}  # betas, eps, momentum…
+        for g in new:
+            base = g["lr"]
+            g.update(hyper, lr=base * factor, **({"initial_lr": base} if lambda_lr else {}))
+        opt.param_groups[:] = new
+        if lambda_lr:
+            sched.base_lrs = [g["initial_lr"] for g in new]
+            sched.lr_lambdas = [sched.lr_lambdas[0]] * len(new)
+            sched._last_lr = [g["lr"] for g in new]
 
     def _scheduler(self, opt, steps_per_epoch: int):
         r = self.recipe
@@ -254,7 +279,12 @@ class StageTrainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> tuple[StageResult, Parent]:
         r, t0 = self.recipe, time.time()
-        lr_scales = self._apply_policy(0)
+        resume = self.workdir / "last.safetensors"
+        state = store.load_state(resume) if resume.is_file() else None
+        if state is not None and state.get("key") != self.key:
+            state = None
+        # the optimizer's groups as they were when its state was saved (lr scales may change per epoch)
+        lr_scales = self._apply_policy(state["epoch"] if state is not None else 0)
         self.model.to(self.device)
         cl = self._channels_last()
         if cl:
@@ -270,18 +300,16 @@ class StageTrainer:
         history: list[dict] = []
         best = {"metric": self.metric, "value": None, "epoch": None}
         best_state, bad, start = None, 0, 0
-        resume = self.workdir / "last.safetensors"
-        if resume.is_file():
-            state = store.load_state(resume)
-            if state.get("key") == self.key:
-                self.model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                scaler.load_state_dict(state["scaler"])
-                _set_rng(state["rng"])
-                history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
-                best_state = models.load_safetensors(self.workdir / "best.safetensors")
-                log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng(state["rng"])
+            history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
+            best_state = models.load_safetensors(self.workdir / "best.safetensors")
+            log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
+            state = None  # the saved optimizer state is a model's size or twice that: not kept for the whole stage
         if self.transfer is not None and start == 0:
             log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
                 + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
@@ -289,7 +317,7 @@ class StageTrainer:
         stopped_early = False
         for epoch in range(start, r["epochs"]):
             te = time.time()
-            self._apply_policy(epoch)
+            self._rescale(opt, sched, self._apply_policy(epoch))
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             ddp = net
             if _world() > 1:
@@ -347,7 +375,10 @@ class StageTrainer:
         loader = self.train_loader
         self._reseed(loader, epoch)
         accum = self.recipe["grad_accum"]
-        total, count = 0.0, 0
+        # the loss is summed on the device and read once per epoch (and when the bar redraws): loss.item() at
+        # every step would wait for the GPU each time. float64 (MPS has none) keeps the sum what Python's was.
+        total = torch.zeros((), dtype=torch.float32 if self.device.type == "mps" else torch.float64, device=self.device)
+        count, shown = 0, time.monotonic()
         bar = tqdm(loader, desc=f"{self.name} {epoch + 1}/{self.recipe['epochs']}", leave=False,
                    disable=_rank() != 0 or None, dynamic_ncols=True)
         opt.zero_grad(set_to_none=True)
@@ -364,12 +395,15 @@ class StageTrainer:
                 opt.zero_grad(set_to_none=True)
                 if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
                     sched.step()
-            total += loss.item() * len(x)
+            total += loss.detach().to(total.dtype) * len(x)
             count += len(x)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        stats = torch.tensor([total, count], dtype=torch.float64)
+            if not bar.disable and time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+        stats = torch.stack([total, torch.tensor(float(count), dtype=total.dtype, device=self.device)])
         if _world() > 1:
             dist.all_reduce(stats)
+        stats = stats.cpu()
         return float(stats[0] / max(1.0, float(stats[1])))
 
     @torch.no_grad()
@@ -436,7 +470,10 @@ class StageTrainer:
             epochs_run=len(history), best={k: v for k, v in best.items() if k != "val"},
             val_metrics=best.get("val", {}), seed=self.recipe["seed"], parent_sha256=self.parent.sha256,
             transfer=str(self.transfer) if self.transfer else "none (random init)", seconds=round(seconds, 1),
-            n_train=self.n_train, runtime={"device": str(self.device), "precision": self.runtime.precision,
+            n_train=self.n_train, runtime={"device": str(self.device), "hardware": self.hw.describe(),
+                                           "precision": speed.precision(self.runtime.precision, self.hw),
+                                           "channels_last": self._channels_last(),
+                                           "workers": speed.workers(self.runtime.num_workers, self.hw),
                                            "world_size": _world()},
             versions={"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__})
         base = self.parent.lineage.prefix()
