@@ -158,8 +158,9 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
     card = ModelCard.from_template(
         data, template_str=template, name=ckpt.name, repo_id=repo_id or f"<org>/{ckpt.name}",
         arch=lin.arch, timm_name_text=f"timm `{timm_name}`" if timm_name else "not a stock timm model",
-        chain=" → ".join([source.name] + [r["dataset"] for r in rows]),
-        task_sentence=f"Task of the final stage: {task}.", source_text=f"{source.name} (`{source.tag or '?'}`)",
+        chain=" → ".join(lin.public_chain()),
+        task_sentence=f"Task of the final stage: {task}.",
+        source_text=f"{store.public_source(source.name)} (`{source.tag or '?'}`)",
         source_license=source.license or "–", stages=rows, weights_sha256=lin.weights_sha256 or "?",
         license_text=licence, license_given=bool(license), inherited_license=lin.license(),
         source_license_note=_source_note(source), upstream=_upstream(source),
@@ -206,7 +207,7 @@ def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
 
     lin = ckpt.lineage
     if lin.last is not None:
-        ev = lin.evaluations.get(f"{lin.last.dataset}-test") or {}
+        ev = lin.evaluations.get(f"{_public(lin.last.dataset)}-test") or {}
         if ev.get("weights_sha256") == lin.weights_sha256 and finite_metrics(ev.get("metrics") or {}):
             return {"split": "test", "n_images": ev.get("n_images"), **ev["metrics"]}
     path = ckpt.path / "metrics.json"
@@ -243,7 +244,7 @@ def _citations(ckpt: store.Checkpoint, stages: list[StageRecord]) -> list[str]:
     if library in LIBRARY_CITATIONS:
         out.append(LIBRARY_CITATIONS[library])
     if lin.source.citation:
-        out.append(f"{lin.source.name} (upstream weights): {lin.source.citation}")
+        out.append(f"{store.public_source(lin.source.name)} (upstream weights): {lin.source.citation}")
     for s in stages:
         name = _public(s.dataset)
         spec = registry().entries["datasets"].get(s.dataset.partition(":")[0])

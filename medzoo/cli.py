@@ -101,7 +101,7 @@ def weights_rows() -> list[dict]:
         lin = ckpt.lineage
         value = lin.last.best_value if lin.last else None
         rows.append({"name": ckpt.name, "arch": lin.arch,
-                     "chain": " > ".join(store.public_dataset(c) for c in lin.chain), "task": lin.task,
+                     "chain": " > ".join(lin.public_chain()), "task": lin.task,
                      "best": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else "-",
                      "variant": variants.get(ckpt.name, ""), "where": str(ckpt.path)})
     for path, why in broken:

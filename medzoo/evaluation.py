@@ -295,7 +295,9 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
                        auc_ci=ci)
         n = len(preds.records)
     lin = model.medzoo_lineage
-    result = Evaluation(lin.name or str(name), dataset, split, task, n, metrics, details)
+    # a path-given dataset is named by its folder in what is kept and published (config.json, metrics.json)
+    pub = store.public_dataset(dataset)
+    result = Evaluation(lin.name or str(name), pub, split, task, n, metrics, details)
     log = f"[{result.name}] {dataset}/{split} ({n} images): " + "  ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if k in HEADLINE and not math.isnan(v))
     if not math.isnan(metrics.get("auc_ci_low", math.nan)):
@@ -304,9 +306,10 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     if write:
         local = store.find_local(str(name))
         parent = Path(out) if out else (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
-        where = parent / f"{store.slug(dataset)}-{split}"  # a folder of its own: --out DIR's other files stay
+        # a folder of its own (--out DIR's other files stay), bounded in length and path-free
+        where = parent / f"{eval_folder(dataset, source)}-{split}"
         payload = {"checkpoint": result.name, "origin": model.medzoo_origin,
-                   "weights_sha256": lin.weights_sha256, "dataset": dataset, "split": split, "task": task,
+                   "weights_sha256": lin.weights_sha256, "dataset": pub, "split": split, "task": task,
                    "n_images": n, "classes": list(source.classes), "metrics": metrics, **details,
                    "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "seconds": round(time.time() - started, 1), "medzoo": __version__}
@@ -315,6 +318,12 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
             record(local, payload, result.out_dir)
         print(f"[{result.name}] wrote {result.out_dir}", flush=True)
     return result
+
+
+def eval_folder(dataset: str, source: mzdata.DataSource) -> str:
+    """How a dataset is named in evaluation folders and gallery files: as in checkpoint names (a path-given
+    one by its folder's name and a hash of its identity), never long enough to hit a file-name limit."""
+    return store.dataset_part(dataset, source.fingerprint() if store.is_path_arg(dataset.partition(":")[2]) else "")
 
 
 HEADLINE = ("auc", "accuracy", "f1", "precision", "recall", "specificity", "rmse", "dice", "iou")

@@ -355,8 +355,9 @@ def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runt
         results = train(cell.arch, cell.stages, overrides=cell.overrides,
                         runtime=Runtime(data_roots=data_roots, **runtime))
         last = results[-1]
-        ev = evaluate(last.name, split=grid.split, bootstrap=grid.bootstrap, seed=cell.seed, data_root=data_roots,
-                      device=runtime.get("device"))
+        # the target by name: a path-given dataset is not in the checkpoint's metadata
+        ev = evaluate(last.name, dataset=cell.dataset, split=grid.split, bootstrap=grid.bootstrap, seed=cell.seed,
+                      data_root=data_roots, device=runtime.get("device"))
         rec.update(status="ok", checkpoint=last.name, trained=[r.name for r in results if not r.reused],
                    reused=[r.name for r in results if r.reused], val_metric=last.metric, val_best=last.best,
                    task=ev.task, n_test=ev.n, metrics=ev.metrics, history=_history(last.path / "history.csv"))

@@ -62,7 +62,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
             right: int = 16, out: str | Path | None = None, batch_size: int = 64) -> tuple[Path, int, int]:
     """Write the gallery; returns (path, number of mistakes, number of right answers shown)."""
     from .cache import CachedSource
-    from .evaluation import eval_dataset, open_for, predict
+    from .evaluation import eval_dataset, eval_folder, open_for, predict
     from .stage import _device
     from .zoo import load, transform_config
 
@@ -101,7 +101,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
                 f'p={float(conf[i]):.3f}</p><p class="small">p(true class)={float(preds.probs[i, t]):.3f}</p></div>')
 
     lin = model.medzoo_lineage
-    title = f"{lin.name or name}: {dataset}/{split}"
+    title = f"{lin.name or name}: {store.public_dataset(dataset)}/{split}"
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>{len(wrong)} of {len(predicted)} images misclassified (accuracy {1 - len(wrong) / len(predicted):.3f}). "
             f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "
@@ -114,7 +114,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
             f"</head><body>{''.join(body)}</body></html>")
     local = store.find_local(str(name))
     default = (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
-    path = Path(out) if out else default / f"errors-{store.slug(dataset)}-{split}.html"
+    path = Path(out) if out else default / f"errors-{eval_folder(dataset, source)}-{split}.html"
     store.atomic_write(path, page)
     return path, len(wrong), len(ok)
 

@@ -120,7 +120,7 @@ def catalogue_entry(ckpt: store.Checkpoint, repo_id: str, commit: str | None, me
     lin = ckpt.lineage
     value = lin.last.best_value if lin.last else None
     return {"repo_id": repo_id, "revision": commit or "main", "weights_sha256": lin.weights_sha256,
-            "arch": lin.arch, "chain": " > ".join(store.public_dataset(c) for c in lin.chain), "task": lin.task,
+            "arch": lin.arch, "chain": " > ".join(lin.public_chain()), "task": lin.task,
             "metric": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else None,
             "license": cards.card_license(ckpt, license)}
 

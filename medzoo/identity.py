@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from .store import public_dataset
+
 if TYPE_CHECKING:
     from .data import DataSource
 
@@ -177,7 +179,8 @@ def fingerprint(source: "DataSource", files: dict) -> str:
     try:
         rows = [[r.id, r.label, r.split, r.patient, per.get(r.id, "")]
                 for r in sorted(source.records, key=lambda r: r.id)]
-        blob = json.dumps({"identity": IDENTITY_VERSION, "name": source.name, "task": source.task,
+        # by public name: a path-given dataset keeps its identity when its folder moves (content guards the data)
+        blob = json.dumps({"identity": IDENTITY_VERSION, "name": public_dataset(source.name), "task": source.task,
                            "classes": source.classes, "rows": rows, "skipped": sorted(source.meta.get("skipped", [])),
                            "content": {k: v for k, v in files.items() if k != "records"}},
                           sort_keys=True, default=str)
@@ -192,6 +195,6 @@ def pixels_key(source: "DataSource") -> str:
     of per-image hashes is keyed by, so re-splitting or relabelling the same images reuses it."""
     if source._content is None:
         source._content = content(source)
-    blob = json.dumps({"identity": IDENTITY_VERSION, "name": source.name, "content": source._content,
+    blob = json.dumps({"identity": IDENTITY_VERSION, "name": public_dataset(source.name), "content": source._content,
                        "ids": sorted(r.id for r in source.records)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

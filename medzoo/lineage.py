@@ -208,6 +208,13 @@ class Lineage:
     def chain(self) -> list[str]:
         return [self.source.name] + [s.dataset for s in self.stages]
 
+    def public_chain(self) -> list[str]:
+        """The chain as cards, listings and catalogues show it: no local path (``file:`` weights by file name,
+        path-given datasets by folder name), hf-hub: and url: sources whole."""
+        from .store import public_dataset, public_source
+
+        return [public_source(self.source.name)] + [public_dataset(s.dataset) for s in self.stages]
+
     def license(self) -> str:
         """The licence the weights inherit: the most restrictive of every stage's and the source weights'
         (when the source recorded one; scratch has none)."""

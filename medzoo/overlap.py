@@ -18,6 +18,7 @@ import numpy as np
 
 from .data import DataSource, log
 from .registry import MedzooError
+from .store import public_dataset
 
 DISTANCE = 4  # as medagg's de-duplication: a perceptual-hash Hamming distance counted as the same image
 HASH_DTYPE = np.uint64
@@ -202,9 +203,9 @@ def check_chain(stages: list[tuple[str, DataSource]], allow: bool = False) -> di
             train = hashes[s].take({r.id for r in src.records if r.split == "train"})
             pairs = find_pairs(train, held)
             total += len(pairs)
-            examples += [f"{name}:{h} ~ {earlier}:{_describe(src, tr)}" + (" (identical pixels)" if d < 0 else
-                                                                            f" (hash distance {d})")
-                         for h, tr, d in pairs[:5]]
+            # examples go into the lineage and the card: datasets (and medagg origins) by public name, never a path
+            examples += [f"{public_dataset(name)}:{h} ~ {public_dataset(earlier)}:{_describe(src, tr)}"
+                         + (" (identical pixels)" if d < 0 else f" (hash distance {d})") for h, tr, d in pairs[:5]]
         if not total:
             continue
         if not allow:
@@ -223,4 +224,7 @@ def _describe(source: DataSource, record_id: str) -> str:
     raw = source.source if isinstance(source, CachedSource) else source
     rec = next((r for r in raw.records if r.id == record_id), None)
     origin = rec.meta.get("origin") if rec is not None else None
-    return f"{record_id} (from {origin})" if origin else record_id
+    if not origin:
+        return record_id
+    where, sep, rid = str(origin).partition("#")  # medagg's origin: "<source dataset>#<record id>"
+    return f"{record_id} (from {public_dataset(where)}{sep}{rid})"

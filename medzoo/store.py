@@ -81,6 +81,16 @@ def public_dataset(dataset: str) -> str:
     return f"{base}:{last}"
 
 
+def public_source(name: str) -> str:
+    """How a chain's first weights are named in cards and metadata: ``file:`` by the file's name, never its
+    path; every other source (``hf-hub:org/name@rev``, ``url:``, catalogue names) as it is."""
+    base, _, arg = name.partition(":")
+    if base != "file" or not arg:
+        return name
+    last = Path(arg.rstrip("/\\")).expanduser().name
+    return f"file:{last or 'weights'}"
+
+
 def dataset_part(dataset: str, fingerprint: str = "") -> str:
     """A dataset's part of a checkpoint name; a path-given one also carries a short hash of its identity,
     so two folders both called 'images' stay apart."""
@@ -96,7 +106,7 @@ def source_suffix(source_name: str, source_tag: str) -> str:
     base, _, arg = source_name.partition(":")
     if base == "imagenet" and not arg:
         return ""
-    if base == "file":
+    if base in ("file", "url"):  # by the weights' hash (in the tag): no path or URL, the same for the same bytes
         return "." + slug(source_tag.replace(":", "_"))
     return "." + bounded(slug(source_name.replace(":", "_").replace("/", "--")))
 

@@ -163,7 +163,8 @@ def _start(arch_ref: Ref, first: str, stage_archs: set[str]) -> Parent:
     else:
         sha = weights.sha256 or models.state_sha256(weights.state_dict)
     name = store.slug(arch) + store.source_suffix(first, weights.tag)
-    source = SourceRecord(name=first, tag=weights.tag, sha256=sha, url=weights.url,
+    # file: weights by their file name: the hash in tag and sha256 says which, a local path is nobody's business
+    source = SourceRecord(name=store.public_source(first), tag=weights.tag, sha256=sha, url=weights.url,
                           license=licenses.license_id(weights.license) if weights.license else None,
                           license_url=weights.license_url, citation=weights.citation, method=weights.method,
                           redistributable=weights.redistributable)
@@ -197,7 +198,8 @@ def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataS
     name = store.stage_name(parent.name, dataset, fingerprint)
     if arch_ref.name != parent.arch:  # classifier → segmentation: the name says which model it now is
         name = store.stage_name(store.rename_arch(parent.name, parent.arch, arch_ref.name), dataset, fingerprint)
-    key = stage_key(arch_ref.name, parent.sha256, dataset, fingerprint, recipe)
+    # the public name: moving a path-given dataset's folder does not retrain (its fingerprint guards the content)
+    key = stage_key(arch_ref.name, parent.sha256, store.public_dataset(dataset), fingerprint, recipe)
     found = None if runtime.force else _reusable(name, key)
     if found is not None:
         lin = found.lineage

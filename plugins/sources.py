@@ -55,15 +55,16 @@ def load_file(*, arch, arg=None) -> SourceWeights:
     from medzoo import store, weights
 
     path = Path(arg).expanduser()
-    recorded = None
+    recorded, licence = None, "unknown"  # a bare file says nothing of its terms: publishing asks for --license
     beside = path.parent / store.CONFIG
-    if path.name == store.WEIGHTS and beside.is_file():  # a medzoo checkpoint's file: its config records the hash
+    if path.name == store.WEIGHTS and beside.is_file():  # a medzoo checkpoint's file: its config records hash, licence
         try:
-            recorded = store.read_checkpoint(path.parent).lineage.weights_sha256
+            lineage = store.read_checkpoint(path.parent).lineage
+            recorded, licence = lineage.weights_sha256, lineage.license()
         except MedzooError:
             recorded = None
     sd, digest = weights.read(path, [recorded], f"'file:{arg}'")
-    return SourceWeights(sd, tag=f"file:{digest[:12]}", sha256=digest)
+    return SourceWeights(sd, tag=f"file:{digest[:12]}", sha256=digest, license=licence)
 
 
 def load_hf_hub(*, arch, arg=None) -> SourceWeights:

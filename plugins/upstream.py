@@ -153,7 +153,8 @@ def load_url(*, arch, arg=None) -> SourceWeights:
         raise MedzooError(f"{url} is a pickled checkpoint: pass --trust-upstream (or MEDZOO_TRUST_UPSTREAM=1) to "
                           "convert it once with PyTorch's restricted loader")
     state, digest = _weights(path, got, arch.name, None, f"url:{url}")
-    return SourceWeights(state, tag=f"url:{got[:12]}", sha256=digest, url=f"{url}#sha256={got}")
+    # an arbitrary URL says nothing of its terms: unknown, so publishing asks for --license
+    return SourceWeights(state, tag=f"url:{got[:12]}", sha256=digest, url=f"{url}#sha256={got}", license="unknown")
 
 
 def load_entry(name: str, arch) -> SourceWeights:

@@ -231,3 +231,41 @@ def test_out_folder_keeps_its_other_files_and_records_nothing(ckpt, tmp_path):
     assert result.out_dir == res / "phantom_lesion-test" and (result.out_dir / "metrics.json").is_file()
     assert (res / "notes.txt").read_text() == "mine"
     assert (store.get_local(ckpt).path / store.CONFIG).read_text() == before
+
+
+def test_evaluating_a_dataset_given_by_a_300_character_path_keeps_the_path_out(tmp_path):
+    import datagen as g
+    from click.testing import CliRunner
+
+    from medzoo.cli import cli
+    from medzoo.gallery import gallery
+
+    deep = tmp_path
+    while len(str(deep)) < 300:
+        deep = deep / "hospital_site_department_study_2026"
+    data, seed = deep / "scans", 0
+    for split, n in {"train": 5, "val": 2, "test": 3}.items():
+        for c in "ab":
+            for i in range(n):
+                seed += 1
+                g.write_png(data / split / c / f"{i}.png", g.pattern(seed + (50 if c == "b" else 0), (40, 40)))
+    dataset = f"imagefolder:{data}"
+    name = medzoo.train("timm:test_resnet", ["scratch", dataset], overrides=["epochs=1", "image_size=32",
+                                                                             "batch_size=4"], precision="fp32")[-1].name
+    res = CliRunner().invoke(cli, ["evaluate", name, "--dataset", dataset, "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    ckpt_ = store.get_local(name)
+    config = (ckpt_.path / store.CONFIG).read_text()
+    assert "hospital_site" not in config and str(tmp_path) not in config
+    assert list(ckpt_.lineage.evaluations) == ["imagefolder:scans-test"]
+    folder = ckpt_.path / ckpt_.lineage.evaluations["imagefolder:scans-test"]["path"]
+    assert folder.parent == ckpt_.path / "eval" and folder.name.startswith("imagefolder_scans_")
+    assert folder.name.endswith("-test") and len(folder.name) <= store.MAX_PART + 5
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["dataset"] == "imagefolder:scans" and "hospital_site" not in json.dumps(metrics)
+    # the card reports the test evaluation, not the validation metrics
+    assert cards.evaluation_metrics(ckpt_)["split"] == "test"
+    assert "hospital_site" not in cards.render(ckpt_)
+    path, _, _ = gallery(name, dataset=dataset)
+    assert path.parent == ckpt_.path / "eval" and path.name.startswith("errors-imagefolder_scans_")
+    assert "hospital_site" not in path.read_text()

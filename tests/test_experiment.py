@@ -188,3 +188,29 @@ def test_shipped_grids_are_valid():
     assert {c.target for c in per_seed if c.arch == "swin_t"} == {"inbreast", "cbis_ddsm"}
     phantom = experiment.load_grid(PHANTOM)
     assert len(experiment.cells(phantom)) == 8
+
+
+def test_a_cell_whose_target_is_a_folder_given_by_path_is_evaluated(tmp_path):
+    import datagen as g
+
+    data, seed = tmp_path / "site" / "scans", 0
+    for split, n in {"train": 5, "val": 2, "test": 3}.items():
+        for c in "ab":
+            for i in range(n):
+                seed += 1
+                g.write_png(data / split / c / f"{i}.png", g.pattern(seed + (50 if c == "b" else 0), (40, 40)))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"""
+name: bypath
+archs: ["timm:test_resnet"]
+chains: {{scratch: [scratch]}}
+targets:
+  scans: {{dataset: "imagefolder:{data}"}}
+recipe: {{defaults: {{epochs: 1, image_size: 32, batch_size: 64, augment: none}}}}
+bootstrap: 0
+runtime: {{precision: fp32}}
+""")
+    result = experiment.run_grid(grid, out=tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert result["failed"] == 0 and rows[0]["status"] == "ok", rows[0].get("error")
+    assert int(rows[0]["n_test"]) == 6

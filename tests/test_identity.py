@@ -196,6 +196,14 @@ def test_chain_refuses_held_out_images_seen_in_earlier_training_unless_allowed(t
     assert lin.stages[0].overlap is None
     overlap = lin.stages[-1].overlap
     assert overlap["allowed"] is True and overlap["pairs"] == 1 and "leak.png" in overlap["examples"][0]
+    # the examples go into the lineage and the card: datasets and medagg origins by name, never a local path
+    assert overlap["examples"][0].startswith("imagefolder:t:") and "(from imagefolder:r#train/a/leak.png)" in \
+        overlap["examples"][0]
+    from medzoo import cards
+
+    ckpt_ = store.get_local(results[-1].name)
+    for text in ((ckpt_.path / store.CONFIG).read_text(), cards.render(ckpt_, metrics={})):
+        assert str(tmp_path) not in text and "leak.png" in text
 
 
 def test_stale_temp_folders_of_dead_builds_are_removed_live_ones_kept(tmp_path):
@@ -217,3 +225,17 @@ def test_stale_temp_folders_of_dead_builds_are_removed_live_ones_kept(tmp_path):
     build_medagg(BuildConfig([(f"imagefolder:{_folder(tmp_path / 'src', ['a/0.png', 'a/1.png', 'b/0.png', 'b/1.png'], 5)}",
                                None)], tmp_path / "agg", size=16))
     assert not mine.exists() and theirs.exists()
+
+
+def test_a_moved_data_folder_keeps_its_identity_and_its_trained_stage(tmp_path):
+    first = _split_folder(tmp_path / "site_a" / "scans", {"train": 4, "val": 2}, 500)
+    stages = ["scratch", f"imagefolder:{first}"]
+    trained = medzoo.train("resnet18", stages, overrides=TINY, precision="fp32")[-1]
+    moved = tmp_path / "archive" / "scans"
+    moved.parent.mkdir()
+    os.rename(first, moved)
+    again = medzoo.train("resnet18", ["scratch", f"imagefolder:{moved}"], overrides=TINY, precision="fp32")[-1]
+    assert again.name == trained.name and again.reused  # the content is what it was: nothing to retrain
+    g.write_png(moved / "train" / "a" / "extra.png", g.pattern(999))  # the content still guards the data
+    changed = medzoo.train("resnet18", ["scratch", f"imagefolder:{moved}"], overrides=TINY, precision="fp32")[-1]
+    assert not changed.reused and changed.name != trained.name

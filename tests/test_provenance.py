@@ -17,7 +17,7 @@ import medzoo
 from medzoo import cards, hub as mzhub, store, trainer
 from medzoo.cli import cli, weights_rows
 from medzoo.registry import MedzooError
-from zoofixtures import ckpt, hub, rewrite_config, trained  # noqa: F401 — pytest fixtures
+from zoofixtures import ARCH, ckpt, hub, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
 REPO = "lab/prov"
 
@@ -313,3 +313,41 @@ def test_a_medagg_build_takes_the_most_restrictive_licence_of_its_sources(tmp_pa
     info.pop("license")  # a build from before licences were recorded: unknown, never a guess
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(info))
     assert open_dataset("medagg", tmp_path / "out").meta["license"] == "unknown"
+
+
+def test_a_chain_from_a_local_weights_file_names_the_file_never_its_path(ckpt, tmp_path):
+    secret = tmp_path / "lab_secret_share" / "w.safetensors"
+    secret.parent.mkdir()
+    shutil.copy(store.get_local(ckpt).path / store.WEIGHTS, secret)
+    result = medzoo.train(ARCH, [f"file:{secret}", "phantom_lesion"], overrides=["epochs=1", "image_size=32"],
+                          precision="fp32")[-1]
+    local = store.get_local(result.name)
+    assert local.lineage.source.name == "file:w.safetensors" and "lab_secret" not in result.name
+    card = cards.render(local, metrics={})
+    for text in ((result.path / store.CONFIG).read_text(), card):
+        assert "lab_secret" not in text and str(tmp_path) not in text
+    assert "file:w.safetensors → phantom_lesion" in card
+    row = next(r for r in weights_rows() if r["name"] == result.name)
+    assert row["chain"] == "file:w.safetensors > phantom_lesion"
+    # a bare file says nothing of its terms: publishing needs --license, then ships no path
+    assert local.lineage.source.license == "unknown"
+    with pytest.raises(MedzooError, match="licence of its source weights is unknown.*--license"):
+        mzhub.dry_run(result.name, tmp_path / "dry")
+    shipped = mzhub.dry_run(result.name, tmp_path / "dry", license="cc-by-4.0").folder
+    for f in ("config.json", "README.md"):
+        assert "lab_secret" not in (shipped / f).read_text()
+    # a checkpoint written before file: sources were recorded by name still shows no path on its card
+    rewrite_config(result.name, lambda c: c["medzoo"]["source"].update(name=f"file:{secret}"))
+    assert "lab_secret" not in cards.render(store.get_local(result.name), metrics={})
+
+
+def test_hub_sources_keep_their_org_and_url_sources_are_named_by_hash():
+    from medzoo.lineage import Lineage, SourceRecord, StageRecord
+
+    lin = Lineage(arch="resnet18", source=SourceRecord(name="hf-hub:my-lab/swin_t-medagg@abc123"),
+                  stages=[StageRecord(dataset="imagefolder:/data/site_a/scans", fingerprint="f" * 64)])
+    assert lin.public_chain() == ["hf-hub:my-lab/swin_t-medagg@abc123", "imagefolder:scans"]
+    url = "url:https://dl.fbaipublicfiles.com/moco/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"
+    name = "resnet50" + store.source_suffix(url, "url:319d8810abcd")
+    assert name == "resnet50.url_319d8810abcd"
+    assert name == "resnet50" + store.source_suffix(url + "#sha256=" + "3" * 64, "url:319d8810abcd")

@@ -146,6 +146,7 @@ def test_url_source_downloads_once_pins_and_refuses_a_changed_file(server):
     w = upstream.load_url(arch=arch, arg=url)
     sha = hashlib.sha256(server.files["/w.safetensors"]).hexdigest()
     assert w.url == f"{url}#sha256={sha}" and w.tag == f"url:{sha[:12]}"
+    assert w.license == "unknown"  # a URL says nothing of its terms: publishing will ask for --license
     assert fetching.pins()[url] == sha
     upstream.load_url(arch=arch, arg=url)  # second time: from the cache, no request
     assert len(server.requests) == 1
