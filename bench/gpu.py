@@ -34,8 +34,6 @@ def sync(device: torch.device) -> None:
 
 def demo_chain(device: torch.device, quick: bool) -> list[list[object]]:
     """`make demo`'s two chains and evaluations, with medzoo's runtime defaults on this device."""
-    import json
-
     import medzoo
     from medzoo import store
 
@@ -49,7 +47,7 @@ def demo_chain(device: torch.device, quick: bool) -> list[list[object]]:
         t = time.perf_counter()
         ev = medzoo.evaluate(results[-1].name, device=str(device))
         eval_s = time.perf_counter() - t
-        run = json.loads((results[-1].path / store.CONFIG).read_text())["medzoo"]["stages"][-1]["runtime"]
+        run = store.read_checkpoint(results[-1].path).lineage.stages[-1].runtime
         rows.append([stages, f"{train_s:.1f} s", f"{eval_s:.1f} s", run["precision"],
                      "yes" if run["channels_last"] else "no", run["workers"],
                      f"auc {ev.metrics.get('auc', float('nan')):.3f}"])

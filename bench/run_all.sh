@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark (about 9-11 minutes on 2 CPU cores) and collect their RATIO lines.
+# Run every benchmark (7.5-11 minutes on 2 CPU cores: 446 s quiet, up to 11 minutes busy) and collect their RATIO lines.
 # gpu.py runs on a CUDA machine and prints one "skipped" line elsewhere.
 # Output: bench/results/latest.txt (full) and the RATIO summary at the end; docs/benchmarks.md quotes a run.
 set -euo pipefail

@@ -44,6 +44,7 @@ def main() -> None:
     import timm
 
     from medzoo import data as mzdata, recipe as mzrecipe, store
+    from medzoo.lineage import Lineage, SourceRecord
     from medzoo.registry import registry
     from medzoo.stage import Parent, Runtime, StageTrainer
 
@@ -57,7 +58,8 @@ def main() -> None:
                                                                             "freeze": "full", "augment": "none"}},
                               ["phantom_lesion"])
     arch = registry().resolve("archs", "resnet18")
-    parent = Parent("resnet18", "resnet18", None, "scratch", None, {"source": {}, "stages": []}, "scratch")
+    parent = Parent("resnet18", "resnet18", None, "scratch", None,
+                    Lineage(arch="resnet18", source=SourceRecord(name="scratch")), "scratch")
     trainer = StageTrainer(arch, parent, "phantom_lesion", source, recipe,
                            Runtime(precision="fp32", channels_last=False), "bench", "0" * 64)
     trainer.gen = torch.Generator()

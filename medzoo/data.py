@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ def bad_input(where: str | Path, problem: str, fix: str = "fix or remove it, or 
 PARENT_ROOT = ""  # the key of a bare ``--data-root PATH`` (a folder holding one folder per dataset)
 
 
-def root_for(roots: "Mapping[str, str] | str | Path | None", name: str) -> str | None:
+def root_for(roots: Mapping[str, str] | str | Path | None, name: str) -> str | None:
     """The folder of dataset ``name`` (``medmnist:pneumoniamnist``) from ``--data-root`` values, which mean
     the same in every command: ``NAME=PATH`` is that dataset's folder (matched on the full name, then on
     the base name before ':'), a bare ``PATH`` holds one folder per dataset. A plain path (Python API) is

@@ -22,13 +22,14 @@ from typing import Any
 
 import yaml
 
-from . import recipe as mzrecipe, store
+from . import recipe as mzrecipe, speed, store
 from .registry import MedzooError, did_you_mean, registry
 
 GRID_KEYS = ("name", "description", "reference", "archs", "chains", "baseline", "targets", "seeds", "recipe",
              "metrics", "split", "bootstrap", "runtime")
 TARGET_KEYS = ("dataset", "archs", "set", "metrics")
-RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "skip_bad")
+RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "skip_bad", "allow_overlap")
+BOOL_RUNTIME_KEYS = ("channels_last", "skip_bad", "allow_overlap")
 CLASSIFICATION_METRICS = {"auc", "average_precision", "accuracy", "f1", "precision", "recall", "specificity", "rmse",
                           "auc_ci_low", "auc_ci_high"}
 
@@ -150,10 +151,7 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
                 runtime=dict(doc.get("runtime") or {}))
     if grid.split not in ("test", "val"):
         raise _fail(where, f"split must be test or val, not '{grid.split}'")
-    for key in grid.runtime:
-        if key not in RUNTIME_KEYS:
-            raise _fail(where, f"unknown runtime key '{key}'{did_you_mean(key, list(RUNTIME_KEYS))} "
-                               f"(keys: {', '.join(RUNTIME_KEYS)})")
+    _check_runtime(grid.runtime, where)
     if check:
         _check(grid, where)
     return grid
@@ -226,6 +224,25 @@ def _check(grid: Grid, where: str) -> None:
     for target in grid.targets:
         if "seed" in target.set:
             raise _fail(where, f"target '{target.label}' sets 'seed'; the grid's 'seeds' (or --seeds) set it")
+
+
+def _check_runtime(runtime: dict[str, Any], where: str) -> None:
+    """Keys and values, so that ``num_workers: lots`` fails on load, not in every cell at train time."""
+    for key in runtime:
+        if key not in RUNTIME_KEYS:
+            raise _fail(where, f"unknown runtime key '{key}'{did_you_mean(key, list(RUNTIME_KEYS))} "
+                               f"(keys: {', '.join(RUNTIME_KEYS)})")
+    hw = speed.Hardware()  # the values' validity does not depend on the machine
+    for key, check in (("num_workers", lambda v: speed.workers(v, hw)), ("precision", lambda v: speed.precision(v, hw))):
+        if runtime.get(key) is not None:
+            try:
+                check(runtime[key])
+            except MedzooError as exc:  # speed's message names the CLI flag; the grid names the key
+                raise _fail(where, f"runtime key '{key}': {exc}") from None
+    for key in BOOL_RUNTIME_KEYS:
+        value = runtime.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise _fail(where, f"runtime key '{key}' must be true or false, not '{value}'")
 
 
 def _check_source(stages: list[str], datasets: list[str], where: str) -> None:

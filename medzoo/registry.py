@@ -273,6 +273,11 @@ class Registry:
             raise MedzooError(f"{k.noun} '{base}' needs an argument: write it as '{display_name(spec)}'")
         if sep and not takes_arg:
             raise MedzooError(f"{k.noun} '{base}' takes no ':' argument; write it as '{base}'")
+        choices = getattr(spec, "choices", None)
+        if arg and choices and arg not in choices:  # a closed list (a catalogue): a typo fails here, not mid-train
+            hits = difflib.get_close_matches(arg, list(choices), n=3, cutoff=0.6)
+            hint = ("; did you mean " + " or ".join(f"'{base}:{h}'" for h in hits) + "?") if hits else ""
+            raise MedzooError(f"unknown {k.noun} '{name}'{hint} (`medzoo list {kind}` shows all)")
         for key in options:
             if key not in getattr(spec, "options", {}):
                 allowed = ", ".join(getattr(spec, "options", {})) or "none"

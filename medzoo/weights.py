@@ -95,8 +95,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if problem is not None:
         if _looks_pickled(path):
             raise MedzooError(f"'{path}' is a pickle checkpoint, which medzoo never loads (unpickling can run code); "
-                              "convert it once in a trusted session with "
-                              "safetensors.torch.save_file(torch.load(...), 'x.safetensors')")
+                              "convert it once with `medzoo weights convert PATH --to x.safetensors` "
+                              "(PyTorch's restricted loader: tensors only)")
         raise MedzooError(f"'{path}' is not a safetensors file ({problem}); re-export or re-download it")
     try:
         return st_load(str(path))

@@ -93,7 +93,7 @@ def register_datasets(register):
     register(DatasetSpec(
         name="medagg", open=open_medagg, modality="various", body_part="various",
         license="unknown",  # a build records the most restrictive of its sources' licences (manifest.json)
- docs="docs/datasets/medagg.md",
+        docs="docs/datasets/medagg.md",
         description="the aggregated medical pretraining dataset built by `medzoo data build medagg`; "
                     "medagg:modality or medagg:body_part for coarse labels",
         takes_arg=True, arg_required=False, arg_help="fine|modality|body_part",

@@ -186,7 +186,7 @@ def register_datasets(register):
     register(DatasetSpec(
         name="medmnist", open=open_medmnist, task="classification", modality="various", body_part="various",
         license="cc-by-4.0", license_url="https://medmnist.com/",  # per flag: FLAGS
- docs="docs/datasets/medmnist.md",
+        docs="docs/datasets/medmnist.md",
         description="a 2D MedMNIST/MedMNIST+ dataset from its npz, e.g. medmnist:pathmnist_224 "
                     "(chestmnist is multilabel, retinamnist ordinal)",
         takes_arg=True, arg_help="flag[_size]",

@@ -60,6 +60,14 @@ def test_experiment_check_prints_the_plan_and_trains_nothing(tmp_path):
     ("chains: {a: [scrach]}\ntargets: [phantom_lesion]\narchs: [resnet18]", "did you mean 'scratch'"),
     ("chains: {a: [scratch]}\ntargets: {l: {dataset: phantom_lesion, set: {metric: dice}}}\narchs: [resnet18]",
      "a classification stage does not report"),
+    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nruntime: {num_workers: lots}",
+     "runtime key 'num_workers': --workers must be a whole number >= 0 or auto, not 'lots'"),
+    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nruntime: {precision: bf8}",
+     "runtime key 'precision': --precision must be bf16, fp16, fp32 or auto, not 'bf8'"),
+    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nruntime: {skip_bad: maybe}",
+     "runtime key 'skip_bad' must be true or false, not 'maybe'"),
+    ("chains: {a: [ssl:mocov2]}\ntargets: [phantom_lesion]\narchs: [resnet50]",
+     "unknown weight source 'ssl:mocov2'; did you mean 'ssl:moco_v2'"),
 ])
 def test_bad_grids_fail_on_check_naming_the_file_and_key(tmp_path, body, message):
     path = tmp_path / "g.yaml"
@@ -67,6 +75,21 @@ def test_bad_grids_fail_on_check_naming_the_file_and_key(tmp_path, body, message
     with pytest.raises(MedzooError, match=message) as err:
         load_grid(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_experiment_check_catches_a_catalogue_source_typo_and_accepts_runtime_values(tmp_path):
+    env = {"MEDZOO_HOME": str(tmp_path / "home")}
+    grid = tmp_path / "g.yaml"
+    grid.write_text("chains: {moco: [ssl:mocov2]}\ntargets: [phantom_lesion]\narchs: [resnet50]")
+    proc = run_cli("experiment", str(grid), "--check", env=env, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"Error: grid '{grid}' chain 'moco': unknown weight source 'ssl:mocov2'; did you mean 'ssl:moco_v2' or "
+        "'ssl:moco_v1'? (`medzoo list sources` shows all); a chain starts with a weight source or a stored checkpoint"]
+    grid.write_text("chains: {moco: [ssl:moco_v2]}\ntargets: [phantom_lesion]\narchs: [resnet50]\n"
+                    "runtime: {allow_overlap: true, num_workers: auto, precision: fp32, skip_bad: false}")
+    proc = run_cli("experiment", str(grid), "--check", env=env)
+    assert "phantom_lesion.resnet50.moco.s0: resnet50  ssl:moco_v2 > phantom_lesion" in proc.stdout
+    assert not (tmp_path / "home").exists()
 
 
 def test_a_bad_dataset_default_recipe_names_the_dataset_key_and_choices():

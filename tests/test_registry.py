@@ -62,6 +62,17 @@ def test_name_of_another_kind_is_pointed_out():
         medzoo.registry.registry().resolve("sources", "resnet18")
 
 
+def test_a_catalogue_argument_typo_fails_on_resolve():
+    # before: ssl:mocov2 resolved and failed only when the trainer loaded the source, after opening every dataset
+    reg = medzoo.registry.registry()
+    assert reg.resolve("sources", "ssl:moco_v2").arg == "moco_v2"
+    with pytest.raises(MedzooError, match=r"unknown weight source 'ssl:mocov2'; did you mean 'ssl:moco_v2'"):
+        reg.resolve("sources", "ssl:mocov2")
+    with pytest.raises(MedzooError, match=r"^unknown weight source 'ssl:zzz' \(`medzoo list sources` shows all\)$"):
+        reg.resolve("sources", "ssl:zzz")
+    assert reg.resolve("sources", "imagenet:any_timm_tag").arg == "any_timm_tag"  # open arguments stay open
+
+
 def _plugin(**hooks):
     return types.SimpleNamespace(**{k: hookimpl(v) for k, v in hooks.items()})
 

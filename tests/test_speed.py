@@ -9,6 +9,7 @@ import torch
 import medzoo
 from medzoo import recipe as mzrecipe, speed, store
 from medzoo.data import open_dataset
+from medzoo.lineage import Lineage, SourceRecord
 from medzoo.registry import MedzooError, registry
 from medzoo.stage import Parent, Runtime, StageTrainer
 
@@ -104,7 +105,8 @@ def test_epoch_loss_is_the_sample_weighted_mean_of_the_step_losses():
                                                                             "freeze": "full", "augment": "none"}},
                               ["phantom_lesion"])
     arch = registry().resolve("archs", "resnet18")
-    parent = Parent("resnet18", "resnet18", None, "scratch", None, {"source": {}, "stages": []}, "scratch")
+    parent = Parent("resnet18", "resnet18", None, "scratch", None,
+                    Lineage(arch="resnet18", source=SourceRecord(name="scratch")), "scratch")
     trainer = StageTrainer(arch, parent, "phantom_lesion", source, recipe, Runtime(precision="fp32"), "t", "0" * 64)
     g = torch.Generator().manual_seed(0)
     trainer.gen = torch.Generator()

@@ -103,8 +103,8 @@ def test_pickles_are_refused_even_with_a_matching_hash(ckpt, tmp_path):
     torch.save(_local_state(ckpt), d / "pytorch_model.bin")
     with pytest.raises(MedzooError, match="pickled weights .*never loads"):
         medzoo.load(d)
-    with pytest.raises(MedzooError, match="pickle checkpoint"):
-        medzoo.load(d / "pytorch_model.bin")
+    with pytest.raises(MedzooError, match=r"pickle checkpoint.*`medzoo weights convert PATH --to x\.safetensors`"):
+        medzoo.load(d / "pytorch_model.bin")  # the fix offered must not unpickle either (no torch.load)
     # a pickle renamed to model.safetensors, with its hash written into the config, is still refused
     (d / "pytorch_model.bin").rename(d / store.WEIGHTS)
     config = json.loads((d / store.CONFIG).read_text())
