@@ -106,7 +106,7 @@ def _check_source(first: str) -> None:
         return
     try:
         registry().resolve("sources", first)
-    except MedzooError as exc:
+    except MedzooError:
         root = store.checkpoints_dir()
         names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if root.is_dir() else []
