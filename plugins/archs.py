@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from medzoo import hookimpl
-from medzoo.registry import ArchSpec, MedzooError, did_you_mean
+from medzoo.plugin import ArchSpec, MedzooError, did_you_mean, hookimpl
 
 # short name -> (stock timm name, family, default input size)
 SHORT_NAMES = {

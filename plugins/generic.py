@@ -8,12 +8,30 @@ from pathlib import Path
 
 import click
 
-from medzoo import hookimpl
-from medzoo.data import (DATA_ROOT_HELP, SPLITS, Record, assign_splits, bad_input, check_leakage,
-                         parse_data_roots, root_for, skipping_bad)
-from medzoo.registry import DatasetSpec, MedzooError, MedzooWarning
+from medzoo.plugin import (
+    DATA_ROOT_HELP,
+    SPLITS,
+    DatasetSpec,
+    MedzooError,
+    MedzooWarning,
+    Record,
+    assign_splits,
+    bad_input,
+    check_leakage,
+    hookimpl,
+    parse_data_roots,
+    root_for,
+    skipping_bad,
+)
 
-from .imaging import FileSource, dicom_header, image_names, is_dicom, read_csv_rows, recipe
+from .imaging import (
+    FileSource,
+    dicom_header,
+    image_names,
+    is_dicom,
+    read_csv_rows,
+    recipe,
+)
 
 GENERIC_RECIPE = recipe(preprocess={"size": 256})
 
@@ -167,7 +185,7 @@ def register_commands(cli):
         files, fingerprint. Fails as training would (one class, no training images, a bad file)."""
         from collections import Counter
 
-        from medzoo.data import open_dataset
+        from medzoo.plugin import open_dataset
 
         src = open_dataset(name, root_for(parse_data_roots(data_roots), name), skip_bad=skip_bad, trainable=True)
         if verify:
@@ -205,9 +223,7 @@ def register_commands(cli):
     @click.option("--skip-bad", is_flag=True)
     def cache(name, data_roots, size, clahe, skip_bad):
         """Preprocess a dataset once into the memory-mapped cache (as training would)."""
-        from medzoo.cache import PreprocessConfig
-        from medzoo.data import open_dataset
-        from medzoo.registry import registry
+        from medzoo.plugin import PreprocessConfig, open_dataset, registry
 
         cfg = dict(registry().resolve("datasets", name).spec.recipe.get("preprocess", {}))
         cfg.update({k: v for k, v in (("size", size), ("clahe", clahe)) if v is not None})

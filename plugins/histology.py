@@ -7,9 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medzoo import hookimpl
-from medzoo.data import Record, assign_splits, bad_input, data_root
-from medzoo.registry import DatasetSpec, MedzooError
+from medzoo.plugin import (
+    DatasetSpec,
+    MedzooError,
+    Record,
+    assign_splits,
+    bad_input,
+    data_root,
+    hookimpl,
+)
 
 from .imaging import FileSource, find_dir, list_images, read_image, recipe
 

@@ -14,10 +14,14 @@ from typing import Sequence
 
 import numpy as np
 
-from medzoo.cache import PreprocessConfig
-from medzoo.data import DataSource, Record
-from medzoo.recipe import DEFAULTS as RECIPE_KEYS
-from medzoo.registry import MedzooError, MedzooWarning
+from medzoo.plugin import RECIPE_DEFAULTS as RECIPE_KEYS
+from medzoo.plugin import (
+    DataSource,
+    MedzooError,
+    MedzooWarning,
+    PreprocessConfig,
+    Record,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 SKIP_BAD = "re-download or remove it, or pass --skip-bad to leave it out"

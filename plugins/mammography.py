@@ -8,11 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
-from medzoo import hookimpl
-from medzoo.data import Record, assign_splits, bad_input, data_root, split_official
-from medzoo.registry import DatasetSpec, MedzooError, did_you_mean
+from medzoo.plugin import (
+    DatasetSpec,
+    MedzooError,
+    Record,
+    assign_splits,
+    bad_input,
+    data_root,
+    did_you_mean,
+    hookimpl,
+    split_official,
+)
 
-from .imaging import FileSource, dicom_header, find_dir, read_csv_rows, read_dicom, read_xls_rows, recipe
+from .imaging import (
+    FileSource,
+    dicom_header,
+    find_dir,
+    read_csv_rows,
+    read_dicom,
+    read_xls_rows,
+    recipe,
+)
 
 MAMMO_PREPROCESS = {"size": 512, "channels": 1, "breast_mask": True, "flip_to": "left", "clahe": 1.5}
 MAMMO_RECIPE = recipe(epochs=30, batch_size=16, lr=1e-4, image_size=448, augment="medium", class_weights=True,

@@ -11,9 +11,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from medzoo import hookimpl
-from medzoo.data import ArraySource, Record, data_root
-from medzoo.registry import DatasetSpec, MedzooError
+from medzoo.plugin import (
+    ArraySource,
+    DatasetSpec,
+    MedzooError,
+    Record,
+    data_root,
+    hookimpl,
+)
 
 from .generic import data_group
 from .imaging import recipe
@@ -41,7 +46,7 @@ class MedaggSource(ArraySource):
 
     def stored_hashes(self):
         """The hashes of the original images, written by the build (None for a build older than them)."""
-        from medzoo.overlap import Hashes
+        from medzoo.plugin import Hashes
 
         path = Path(self.meta["build"]) / "hashes.npy"
         if not path.is_file():

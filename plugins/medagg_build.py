@@ -20,11 +20,25 @@ from pathlib import Path
 
 import numpy as np
 
-from medzoo.cache import PreprocessConfig, clean_stale_tmp, fit_pair, tmp_folder, to_channels, truncate_npy
-from medzoo.data import DataSource, Record, open_dataset
-from medzoo.overlap import HASH_DTYPE, HashIndex, exact_hash, grey8, phash
-from medzoo.licenses import license_id, most_restrictive
-from medzoo.registry import MedzooError
+from medzoo.plugin import (
+    HASH_DTYPE,
+    DataSource,
+    HashIndex,
+    MedzooError,
+    PreprocessConfig,
+    Record,
+    clean_stale_tmp,
+    exact_hash,
+    fit_pair,
+    grey8,
+    license_id,
+    most_restrictive,
+    open_dataset,
+    phash,
+    tmp_folder,
+    to_channels,
+    truncate_npy,
+)
 
 log = logging.getLogger("medzoo.medagg")
 
@@ -109,7 +123,7 @@ def _source_key(name: str, taken: set[str]) -> str:
 
 
 def _open_sources(cfg: BuildConfig) -> list[_Source]:
-    from medzoo.registry import registry
+    from medzoo.plugin import registry
 
     out, taken = [], set()
     for name, root in cfg.sources:

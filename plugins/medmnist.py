@@ -14,11 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from medzoo import hookimpl
-from medzoo.cache import cache_home, clean_stale_tmp, tmp_folder
-from medzoo.data import ArraySource, Record, data_root
-from medzoo.licenses import license_id, url_of
-from medzoo.registry import DatasetSpec, MedzooError, did_you_mean
+from medzoo.plugin import (
+    ArraySource,
+    DatasetSpec,
+    MedzooError,
+    Record,
+    cache_home,
+    clean_stale_tmp,
+    data_root,
+    did_you_mean,
+    hookimpl,
+    license_id,
+    tmp_folder,
+    url_of,
+)
 
 from .imaging import preprocess_steps, recipe
 
@@ -60,7 +69,9 @@ SIZES = (28, 64, 128, 224)
 def flag_info(flag: str) -> tuple[str, str, str, str, tuple[str, ...]]:
     task, modality, body, license_, labels = FLAGS[flag]
     try:
-        from medmnist import INFO  # the package's metadata wins when it is installed (newer releases)
+        from medmnist import (
+            INFO,  # the package's metadata wins when it is installed (newer releases)
+        )
 
         info = INFO[flag]
         labels = tuple(info["label"][str(i)] for i in range(len(info["label"])))
@@ -97,7 +108,7 @@ def find_npz(folder: Path, flag: str, size: int | None) -> Path:
 def unpack_npz(npz: Path) -> Path:
     """The npz's arrays as .npy files (written once, atomically, keyed by the npz's content digest, so a
     changed npz is unpacked again even under a restored size and mtime once ``data check --verify`` saw it)."""
-    from medzoo.identity import file_digests
+    from medzoo.plugin import file_digests
 
     key = hashlib.sha256(file_digests([npz])[str(npz)].encode()).hexdigest()[:16]
     out = cache_home() / "medmnist" / f"{npz.stem}-{key}"

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medzoo import hookimpl
-from medzoo.data import ArraySource, Record, assign_splits
-from medzoo.registry import DatasetSpec
+from medzoo.plugin import ArraySource, DatasetSpec, Record, assign_splits, hookimpl
 
 SIZE = 64
 AGG_CLASSES = ("xr_chest", "ct_head", "mg_breast", "histo_nuclei", "us_fan", "mr_knee")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from medzoo import hookimpl
-from medzoo.models import block_groups
-from medzoo.registry import FreezePolicySpec, MedzooError
+from medzoo.plugin import FreezePolicySpec, MedzooError, block_groups, hookimpl
 
 # Below SMALL training images only the head trains, below LARGE the top block groups, else everything:
 # small medical sets overfit a fully unfrozen backbone (CheXtransfer; the systematic TL benchmark).

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 
-
-from medzoo import hookimpl
-from medzoo.data import Record, assign_splits, bad_input, data_root, split_official
-from medzoo.registry import DatasetSpec, MedzooError
+from medzoo.plugin import (
+    DatasetSpec,
+    MedzooError,
+    Record,
+    assign_splits,
+    bad_input,
+    data_root,
+    hookimpl,
+    split_official,
+)
 
 from .imaging import FileSource, list_images, read_csv_rows, recipe
 

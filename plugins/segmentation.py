@@ -7,9 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from medzoo import hookimpl
-from medzoo.models import Transfer
-from medzoo.registry import ArchSpec, MedzooError
+from medzoo.plugin import ArchSpec, MedzooError, Transfer, hookimpl
 
 from .archs import SHORT_NAMES
 

@@ -3,9 +3,22 @@ hf-hub:<org/repo[@rev]>."""
 
 from __future__ import annotations
 
-from medzoo import hookimpl
-from medzoo.models import SourceWeights, stock_timm_name
-from medzoo.registry import MedzooError, WeightSourceSpec, did_you_mean, registry
+from medzoo.plugin import (
+    CHECKPOINT_CONFIG,
+    CHECKPOINT_WEIGHTS,
+    HF_PREFIX,
+    MedzooError,
+    SourceWeights,
+    WeightSourceSpec,
+    did_you_mean,
+    hookimpl,
+    locate,
+    read_checkpoint,
+    read_located_weights,
+    read_weights,
+    registry,
+    stock_timm_name,
+)
 
 
 def load_imagenet(*, arch, arg=None) -> SourceWeights:
@@ -52,33 +65,29 @@ def load_scratch(*, arch, arg=None) -> SourceWeights:
 def load_file(*, arch, arg=None) -> SourceWeights:
     from pathlib import Path
 
-    from medzoo import store, weights
-
     path = Path(arg).expanduser()
     recorded, licence = None, "unknown"  # a bare file says nothing of its terms: publishing asks for --license
-    beside = path.parent / store.CONFIG
-    if path.name == store.WEIGHTS and beside.is_file():  # a medzoo checkpoint's file: its config records hash, licence
+    beside = path.parent / CHECKPOINT_CONFIG
+    if path.name == CHECKPOINT_WEIGHTS and beside.is_file():  # a medzoo checkpoint's file: its config records hash, licence
         try:
-            lineage = store.read_checkpoint(path.parent).lineage
+            lineage = read_checkpoint(path.parent).lineage
             recorded, licence = lineage.weights_sha256, lineage.license()
         except MedzooError:
             recorded = None
-    sd, digest = weights.read(path, [recorded], f"'file:{arg}'")
+    sd, digest = read_weights(path, [recorded], f"'file:{arg}'")
     return SourceWeights(sd, tag=f"file:{digest[:12]}", sha256=digest, license=licence)
 
 
 def load_hf_hub(*, arch, arg=None) -> SourceWeights:
     """Published medzoo weights (``medzoo publish``), verified against their recorded sha256."""
-    from medzoo import zoo
-
-    found = zoo.locate(f"{zoo.HF_PREFIX}{arg}")
+    found = locate(f"{HF_PREFIX}{arg}")
     theirs, ours = found.config.get("architecture"), stock_timm_name(arch)
     published = registry().entries["archs"].get(found.lineage.arch)
     built_on = published is not None and published.task == "segmentation" and published.classifier == arch.name
     if found.lineage.arch != arch.name and (ours is None or theirs != ours) and not built_on:
         raise MedzooError(f"'hf-hub:{arg}' holds a {found.lineage.arch}, not a {arch.name}; "
                           f"train {found.lineage.arch} from it, or pick a {arch.name} repo")
-    state, digest = zoo.read_weights(found)
+    state, digest = read_located_weights(found)
     commit = found.origin.rpartition("@")[2]
     return SourceWeights(state, tag=f"hf-hub:{arg.partition('@')[0]}@{commit}", sha256=digest,
                          pretrained_cfg=dict(found.config.get("pretrained_cfg") or {}),

@@ -19,9 +19,18 @@ from typing import Any
 
 import click
 
-from medzoo import hookimpl, store
-from medzoo.models import SourceWeights, load_safetensors, sha256_file, stock_timm_name
-from medzoo.registry import KeyMapSpec, MedzooError, WeightSourceSpec, did_you_mean
+from medzoo.plugin import (
+    KeyMapSpec,
+    MedzooError,
+    SourceWeights,
+    WeightSourceSpec,
+    did_you_mean,
+    hookimpl,
+    load_safetensors,
+    sha256_file,
+    slug,
+    stock_timm_name,
+)
 
 from . import upstream_fetch as fetching
 
@@ -106,7 +115,7 @@ def trusted() -> bool:
 # -- sources --------------------------------------------------------------------------------------
 
 def _check_arch(arch, entry_arch: str, name: str) -> None:
-    from medzoo.registry import registry
+    from medzoo.plugin import registry
 
     theirs = stock_timm_name(registry().resolve("archs", entry_arch))
     if arch.name != entry_arch and stock_timm_name(arch) != theirs:
@@ -115,9 +124,9 @@ def _check_arch(arch, entry_arch: str, name: str) -> None:
 
 def _converted(download: Path, sha: str, arch: str, keymap: str | None, origin: str) -> tuple[dict, str]:
     """The safetensors conversion of a downloaded pickle, made once (reused by content hash and arch)."""
-    from medzoo.stage import log
+    from medzoo.plugin import log
 
-    out = fetching.root() / "converted" / f"{sha}-{store.slug(arch)}-{keymap or 'auto'}.safetensors"
+    out = fetching.root() / "converted" / f"{sha}-{slug(arch)}-{keymap or 'auto'}.safetensors"
     if not out.is_file():
         result = fetching.convert_file(download, out, arch=arch, keymap=keymap)
         log(f"{origin}: converted {download.name} to safetensors once ({result})")
@@ -143,7 +152,7 @@ def load_url(*, arch, arg=None) -> SourceWeights:
     name = fetching.file_name(url)
     cached = known and (fetching.root() / "downloads" / known / name)
     is_pickle_name = name.lower().endswith(fetching.PICKLE_SUFFIXES)
-    done = known and any((fetching.root() / "converted").glob(f"{known}-{store.slug(arch.name)}-*.safetensors"))
+    done = known and any((fetching.root() / "converted").glob(f"{known}-{slug(arch.name)}-*.safetensors"))
     if is_pickle_name and not done and not trusted():
         raise MedzooError(f"{name} is a pickled checkpoint: medzoo converts it once with PyTorch's restricted loader "
                           "(tensors only) if you pass --trust-upstream (or set MEDZOO_TRUST_UPSTREAM=1), or convert it "
@@ -165,7 +174,7 @@ def load_entry(name: str, arch) -> SourceWeights:
     known = entry.get("sha256") or pinned
     done = None
     if known:
-        hits = sorted((fetching.root() / "converted").glob(f"{known}-{store.slug(entry['arch'])}-{entry['keymap']}.safetensors"))
+        hits = sorted((fetching.root() / "converted").glob(f"{known}-{slug(entry['arch'])}-{entry['keymap']}.safetensors"))
         done = hits[0] if hits else None
     if done is None:
         if entry.get("manual") and not mirror:
@@ -266,7 +275,7 @@ def register_commands(cli):
     def convert(src, out, arch, keymap):
         """Convert a pickled .pth/.pth.tar (a path or an https URL) to safetensors with PyTorch's restricted
         loader (tensors and plain containers only), keeping the backbone tensors under timm's names."""
-        from medzoo.registry import registry
+        from medzoo.plugin import registry
 
         arch_ref = registry().resolve("archs", arch)
         if not out.endswith(".safetensors"):
@@ -290,7 +299,7 @@ def register_commands(cli):
     @click.option("--trust-upstream", is_flag=True, help="Download and convert sources that publish no checksum.")
     def fetch(names, trust_upstream):
         """Download and convert catalogue sources ahead of training (e.g. before going offline)."""
-        from medzoo.registry import registry
+        from medzoo.plugin import registry
 
         if trust_upstream:
             os.environ[TRUST_ENV] = "1"

@@ -19,15 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medzoo import store
-from medzoo.models import sha256_file
-from medzoo.registry import KeyMapSpec, MedzooError, registry
+from medzoo.plugin import (
+    KeyMapSpec,
+    MedzooError,
+    atomic_write,
+    medzoo_home,
+    registry,
+    sha256_file,
+    slug,
+)
 
 PICKLE_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt", ".pkl")
 
 
 def root() -> Path:
-    return store.home() / "upstream"
+    return medzoo_home() / "upstream"
 
 
 # -- download --------------------------------------------------------------------------------------
@@ -65,12 +71,12 @@ def _pin(url: str, sha: str) -> None:
     current = pins()
     current[url] = sha
     _pins_path().parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write(_pins_path(), json.dumps(current, indent=2, sort_keys=True) + "\n")
+    atomic_write(_pins_path(), json.dumps(current, indent=2, sort_keys=True) + "\n")
 
 
 def file_name(url: str) -> str:
     name = Path(urllib.parse.urlparse(url).path).name
-    return store.slug(name) or "download"
+    return slug(name) or "download"
 
 
 def fetch(url: str, *, sha256: str | None = None, name: str | None = None, mirror_of: str | None = None) -> tuple[Path, str]:
@@ -203,7 +209,7 @@ def backbone_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes of ``arch``'s tensors without its classifier, built on the meta device (no memory)."""
     import torch
 
-    from medzoo.models import classifier_names, create_model
+    from medzoo.plugin import classifier_names, create_model
 
     with torch.device("meta"):
         model = create_model(arch, num_classes=1000)
