@@ -77,6 +77,13 @@ class DatasetSpec:
     arg_help: str = ""
     arg_required: bool = True
     plugin: str = ""
+    # `medzoo data download NAME[:ARG]`: ``download(root=, arg=) -> str`` fetches open files into ``root`` (the
+    # folder ``open`` reads) and says what it did; a dataset behind a licence form or portal has none and gives
+    # ``manual_steps`` instead (where to get it, the expected layout), printed by the command
+    download: Callable[..., str] | None = None
+    manual_steps: str = ""
+    # `medzoo data check`: ``missing(root=, arg=) -> [what of the expected layout is not under root]``
+    missing: Callable[..., list[str]] | None = None
 
 
 @dataclass(frozen=True)
