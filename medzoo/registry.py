@@ -78,11 +78,12 @@ class DatasetSpec:
     arg_required: bool = True
     plugin: str = ""
     # `medzoo data download NAME[:ARG]`: ``download(root=, arg=) -> str`` fetches open files into ``root`` (the
-    # folder ``open`` reads) and says what it did; a dataset behind a licence form or portal has none and gives
-    # ``manual_steps`` instead (where to get it, the expected layout), printed by the command
+    # dataset's folder, --data-root's or $MEDZOO_DATA/<name>, created) and says what it did; a dataset behind a
+    # licence form or portal has none and gives ``manual_steps`` (where to get it, the expected layout) instead
     download: Callable[..., str] | None = None
     manual_steps: str = ""
-    # `medzoo data check`: ``missing(root=, arg=) -> [what of the expected layout is not under root]``
+    # `medzoo data check`: ``missing(root=, arg=) -> [what of the expected layout is absent, full paths]``, with
+    # ``root`` as ``open`` gets it
     missing: Callable[..., list[str]] | None = None
 
 

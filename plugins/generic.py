@@ -175,30 +175,30 @@ def download_root(base: str, root: str | None) -> Path:
 
 def check_layout(name: str, root: str | None) -> None:
     """What of the dataset's expected layout is missing, listed before opening it (whose error names only the
-    first problem); nothing when the plugin declares no layout or no folder is found (open says so)."""
-    from medzoo.plugin import data_root, registry
+    first problem); nothing when the plugin declares no layout or finds no folder at all (open says so)."""
+    from medzoo.plugin import registry
 
     ref = registry().resolve("datasets", name)
     if ref.spec.missing is None:
         return
     try:
-        folder = data_root(ref.spec.name, root)
+        missing = ref.spec.missing(root=root, arg=ref.arg)
     except MedzooError:
         return
-    missing = ref.spec.missing(root=folder, arg=ref.arg)
     if missing:
-        click.echo(f"{name}: missing under {folder}:")
+        click.echo(f"{name}: missing:")
         for item in missing:
             click.echo(f"  {item}")
-        raise MedzooError(f"{name}: {len(missing)} expected item(s) missing under {folder} (listed above); "
+        raise MedzooError(f"{name}: {len(missing)} expected item(s) missing (listed above); "
                           f"`medzoo data download {name}` shows how to get them")
+
 
 def data_group(cli) -> click.Group:
     """The ``medzoo data`` group, created by whichever data plugin comes first."""
     if "data" not in cli.commands:
         @cli.group("data")
         def data():
-            """Check, cache and build datasets."""
+            """Download, check, cache and build datasets."""
     return cli.commands["data"]
 
 
@@ -268,8 +268,8 @@ def register_commands(cli):
                     raise MedzooError(f"'{name}' has nothing to download: {spec.description}")
                 click.echo(f"{spec.name}: medzoo cannot download it for you; get it like this:\n"
                            f"{spec.manual_steps.strip()}\n"
-                           f"Then point --data-root / MEDZOO_DATA_{spec.name.upper()} at it (or put it in "
-                           f"$MEDZOO_DATA/{spec.name}) and run `medzoo data check {name}`.\n")
+                           f"The data root is --data-root, MEDZOO_DATA_<NAME> or $MEDZOO_DATA/<name> "
+                           f"(docs/datasets/README.md). Then run `medzoo data check {name}`.\n")
                 manual.append(name)
                 continue
             click.echo(spec.download(root=download_root(spec.name, root_for(roots, name)), arg=ref.arg))

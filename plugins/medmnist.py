@@ -159,14 +159,25 @@ def download_medmnist(*, root: Path, arg: str | None) -> str:
     return f"{dest}: already present, md5 {md5} verified; nothing to do"
 
 
-def missing_medmnist(*, root: Path, arg: str | None) -> list[str]:
-    flag, size = _parse(arg)
+def _folder(root) -> Path:
     try:
-        find_npz(Path(root), flag, size)
+        return data_root("medmnist", root)
+    except MedzooError:
+        default = Path.home() / ".medmnist"  # where the medmnist package downloads to
+        if root is None and default.is_dir():
+            return default
+        raise
+
+
+def missing_medmnist(*, root, arg: str | None) -> list[str]:
+    flag, size = _parse(arg)
+    folder = _folder(root)
+    try:
+        find_npz(folder, flag, size)
         return []
     except MedzooError:
         name = release_file(flag, size)[0]
-        return [f"{name} (`medzoo data download medmnist:{flag}{f'_{size}' if size else ''}` fetches it)"]
+        return [f"{folder / name} (`medzoo data download medmnist:{flag}{f'_{size}' if size else ''}` fetches it)"]
 
 
 class MedmnistSource(ArraySource):
@@ -176,15 +187,7 @@ class MedmnistSource(ArraySource):
 
 def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
     flag, size = _parse(arg)
-    try:
-        folder = data_root("medmnist", root)
-    except MedzooError:
-        default = Path.home() / ".medmnist"  # where the medmnist package downloads to
-        if root is None and default.is_dir():
-            folder = default
-        else:
-            raise
-    npz = find_npz(folder, flag, size)
+    npz = find_npz(_folder(root), flag, size)
     task, modality, body, license_, labels = flag_info(flag)
     arrays = unpack_npz(npz)
     images, records = [], []

@@ -173,7 +173,55 @@ def test_data_check_lists_what_is_missing(tmp_path):
     env = {"MEDZOO_HOME": str(tmp_path / "home"), "MEDZOO_DATA": str(tmp_path)}
     proc = run_cli("data", "check", "medmnist:breastmnist_64", env=env, check=False)
     assert proc.returncode == 1
-    assert "breastmnist_64.npz (`medzoo data download medmnist:breastmnist_64` fetches it)" in proc.stdout
+    assert f"{tmp_path / 'medmnist' / 'breastmnist_64.npz'} (`medzoo data download medmnist:breastmnist_64` fetches it)" in proc.stdout
     assert proc.stderr.strip().splitlines() == [
-        f"Error: medmnist:breastmnist_64: 1 expected item(s) missing under {tmp_path / 'medmnist'} (listed above); "
+        "Error: medmnist:breastmnist_64: 1 expected item(s) missing (listed above); "
         "`medzoo data download medmnist:breastmnist_64` shows how to get them"]
+
+
+# name, generator, what to delete from the generated release (relative to its root), what data check then names
+PORTAL = [
+    ("inbreast", g.make_inbreast, "INbreast Release 1.0/INbreast.csv", "INbreast.csv or INbreast.xls"),
+    ("cbis_ddsm", g.make_cbis, "calc_case_description_test_set.csv", "calc_case_description_test_set.csv"),
+    ("bcss", g.make_bcss, "meta/gtruth_codes.tsv", "gtruth_codes.tsv: the class codes"),
+    ("chest_xray", g.make_chest_xray, "chest_xray/test", "test/NORMAL/*.jpeg"),
+    ("head_ct", g.make_head_ct, "labels.csv", "labels.csv and"),
+]
+
+
+@pytest.mark.parametrize("name,make,remove,named", PORTAL, ids=[p[0] for p in PORTAL])
+def test_portal_datasets_print_their_steps_and_check_names_what_is_missing(tmp_path, monkeypatch, name, make, remove,
+                                                                          named):
+    import shutil
+
+    root = tmp_path / "data" / name
+    make(root)
+    monkeypatch.setenv("MEDZOO_DATA", str(tmp_path / "data"))
+    spec = registry().resolve("datasets", name).spec
+    assert spec.download is None and spec.manual_steps
+    assert spec.missing(root=None, arg=None) == []  # the release's true layout is complete (root from MEDZOO_DATA)
+    target = root / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    missing = spec.missing(root=str(root), arg=None)  # as --data-root gives it
+    assert len(missing) >= 1 and any(named in m for m in missing), missing
+    env = {"MEDZOO_HOME": str(tmp_path / "home"), "MEDZOO_DATA": str(tmp_path / "data")}
+    proc = run_cli("data", "check", name, env=env, check=False)
+    assert proc.returncode == 1 and named in proc.stdout and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {name}: {len(missing)} expected item(s) missing (listed above); "
+        f"`medzoo data download {name}` shows how to get them"]
+
+
+def test_download_of_a_portal_dataset_prints_the_steps_and_fails(tmp_path):
+    env = {"MEDZOO_HOME": str(tmp_path / "home"), "MEDZOO_DATA": str(tmp_path / "data")}
+    proc = run_cli("data", "download", "inbreast", "cbis_ddsm_roi:mass", env=env, check=False)
+    assert proc.returncode == 1
+    assert "inbreast: medzoo cannot download it for you" in proc.stdout and "INbreast Release 1.0/AllDICOMs" in proc.stdout
+    assert "https://www.cancerimagingarchive.net/collection/cbis-ddsm/" in proc.stdout
+    assert "(docs/datasets/README.md). Then run `medzoo data check cbis_ddsm_roi:mass`" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "Error: inbreast, cbis_ddsm_roi:mass: behind a licence form or portal, not downloadable by medzoo; "
+        "follow the steps above"]
+    assert not (tmp_path / "data").exists()  # nothing created for a dataset it cannot fetch
+    proc = run_cli("data", "download", "phantom_lesion", env=env, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: 'phantom_lesion' has nothing to download: SYNTHETIC")
