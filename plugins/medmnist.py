@@ -103,8 +103,8 @@ def find_npz(folder: Path, flag: str, size: int | None) -> Path:
     for n in names:
         if (folder / n).is_file():
             return folder / n
-    raise MedzooError(f"medmnist: none of {', '.join(names)} in {folder}; "
-                      "download it (docs/datasets/medmnist.md)")
+    raise MedzooError(f"medmnist: none of {', '.join(names)} in {folder}; `medzoo data download "
+                      f"medmnist:{flag}{f'_{size}' if size else ''}` fetches it (docs/datasets/medmnist.md)")
 
 
 def unpack_npz(npz: Path) -> Path:
@@ -153,7 +153,8 @@ def download_medmnist(*, root: Path, arg: str | None) -> str:
     flag, size = _parse(arg)
     name, url, md5 = release_file(flag, size)
     dest = Path(root) / name
-    fix = "" if os.environ.get("MEDZOO_MEDMNIST_URL") else "; or set MEDZOO_MEDMNIST_URL to a mirror"
+    fix = ("; MEDZOO_MEDMNIST_URL names the mirror it came from" if os.environ.get("MEDZOO_MEDMNIST_URL")
+           else "; or set MEDZOO_MEDMNIST_URL to a mirror")
     if download_file(url, dest, md5=md5, fix=fix):
         return f"downloaded {url} to {dest} (md5 {md5} verified)"
     return f"{dest}: already present, md5 {md5} verified; nothing to do"
