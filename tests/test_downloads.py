@@ -24,8 +24,8 @@ class FileServer:
     """Serves a folder on 127.0.0.1 with HTTP Range support (``ignore_range``: a server that answers every
     request with the whole file). Records each GET's Range header and status."""
 
-    def __init__(self, folder, ignore_range=False):
-        self.folder, self.ignore_range, self.requests = folder, ignore_range, []
+    def __init__(self, folder, ignore_range=False, cut=None):
+        self.folder, self.ignore_range, self.cut, self.requests = folder, ignore_range, cut, []
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -55,6 +55,12 @@ class FileServer:
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
+                if server.cut:  # the connection drops mid-file (once)
+                    self.wfile.write(data[start:server.cut])
+                    self.wfile.flush()
+                    server.cut = None
+                    self.close_connection = True
+                    return
                 self.wfile.write(data[start:])
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -76,8 +82,8 @@ def mirror(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDZOO_DATA_MEDMNIST", raising=False)
     servers = []
 
-    def serve(ignore_range=False):
-        srv = FileServer(tmp_path / "www", ignore_range)
+    def serve(ignore_range=False, cut=None):
+        srv = FileServer(tmp_path / "www", ignore_range, cut)
         servers.append(srv)
         monkeypatch.setenv("MEDZOO_MEDMNIST_URL", srv.url)
         return srv
@@ -115,6 +121,56 @@ def test_a_truncated_download_resumes_from_its_part_file(mirror):
     assert res.exit_code == 0, res.output
     assert srv.requests == [("bytes=1000-", 206)]  # only the rest was asked for
     assert dest.read_bytes() == data and not (dest.parent / "pneumoniamnist.npz.part").exists()
+
+
+def test_a_connection_dropped_mid_file_is_retried_into_a_correct_file(mirror):
+    npz, dest, serve = mirror
+    srv = serve(cut=900)
+    res = _invoke("data", "download", "medmnist:pneumoniamnist")
+    assert res.exit_code == 0, res.output
+    # huggingface_hub retries: with a Range from the last chunk it wrote (none of 10 MB here), so from 0
+    assert len(srv.requests) == 2 and srv.requests[0] == (None, 200) and srv.requests[1][1] in (200, 206)
+    assert dest.read_bytes() == npz.read_bytes()
+
+
+def test_a_complete_part_file_is_verified_and_installed(mirror):
+    npz, dest, serve = mirror
+    srv = serve()
+    dest.parent.mkdir(parents=True)
+    (dest.parent / "pneumoniamnist.npz.part").write_bytes(npz.read_bytes())  # killed before the rename
+    res = _invoke("data", "download", "medmnist:pneumoniamnist")
+    assert res.exit_code == 0, res.output
+    assert srv.requests == [(f"bytes={npz.stat().st_size}-", 416)]
+    assert dest.read_bytes() == npz.read_bytes()
+
+
+def test_a_second_download_of_the_same_file_is_refused_while_the_first_runs(mirror):
+    import fcntl
+
+    npz, dest, serve = mirror
+    serve()
+    dest.parent.mkdir(parents=True)
+    with open(dest.parent / "pneumoniamnist.npz.part", "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = _invoke("data", "download", "medmnist:pneumoniamnist")
+    assert res.exit_code == 1 and "is being written by another download; wait for it to finish" in res.output
+    assert not dest.exists()
+
+
+def test_the_release_table_covers_every_flag_and_size_with_zenodo_urls(monkeypatch):
+    from medzoo_plugins.medmnist import FLAGS, SIZES, release_file
+
+    assert set(medmnist_release.MD5) == set(FLAGS)
+    assert all(sorted(v) == list(SIZES) and all(len(h) == 32 and int(h, 16) >= 0 for h in v.values())
+               for v in medmnist_release.MD5.values())
+    monkeypatch.delenv("MEDZOO_MEDMNIST_URL", raising=False)
+    assert release_file("chestmnist", 224) == (
+        "chestmnist_224.npz", "https://zenodo.org/records/10519652/files/chestmnist_224.npz?download=1",
+        "45bd33e6f06c3e8cdb481c74a89152aa")
+    assert release_file("breastmnist", None)[:2] == (
+        "breastmnist.npz", "https://zenodo.org/records/10519652/files/breastmnist.npz?download=1")
+    monkeypatch.setenv("MEDZOO_MEDMNIST_URL", "https://mirror.example/mm/")
+    assert release_file("breastmnist", 28)[1] == "https://mirror.example/mm/breastmnist.npz"
 
 
 def test_a_server_that_ignores_range_restarts_cleanly(mirror):
