@@ -169,8 +169,7 @@ def download_root(base: str, root: str | None) -> Path:
     except MedzooError:
         raise MedzooError(f"nowhere to download '{base}' to: set MEDZOO_DATA (it goes to $MEDZOO_DATA/{base}) or "
                           f"pass --data-root {base}=PATH") from None
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return path  # created by the download itself, so a refused argument leaves no empty folder
 
 
 def check_layout(name: str, root: str | None) -> None:
