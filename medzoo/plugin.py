@@ -41,6 +41,8 @@ from .data import (
     skipping_bad,
     split_official,
 )
+from .download import fetch as download_file
+from .download import md5_file
 from .hookspecs import hookimpl
 from .identity import file_digests
 from .licenses import license_id, most_restrictive, url_of
@@ -97,4 +99,6 @@ __all__ = [
     "HF_PREFIX", "locate", "read_located_weights",
     # files
     "medzoo_home", "slug", "atomic_write",
+    # downloads (resumable, md5-checked)
+    "download_file", "md5_file",
 ]

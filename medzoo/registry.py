@@ -77,6 +77,14 @@ class DatasetSpec:
     arg_help: str = ""
     arg_required: bool = True
     plugin: str = ""
+    # `medzoo data download NAME[:ARG]`: ``download(root=, arg=) -> str`` fetches open files into ``root`` (the
+    # dataset's folder, --data-root's or $MEDZOO_DATA/<name>, maybe not there yet) and says what it did; a
+    # dataset behind a licence form or portal has none and gives ``manual_steps`` (where to get it, the layout)
+    download: Callable[..., str] | None = None
+    manual_steps: str = ""
+    # `medzoo data check`: ``missing(root=, arg=) -> [what of the expected layout is absent, full paths]``, with
+    # ``root`` as ``open`` gets it
+    missing: Callable[..., list[str]] | None = None
 
 
 @dataclass(frozen=True)

@@ -158,14 +158,46 @@ def open_dicom(*, root=None, arg=None) -> FileSource:
     return FileSource(f"dicom:{folder}", "classification", classes, records, root=folder, grey=True)
 
 
-# -- medzoo data check / cache -------------------------------------------------------------------------
+# -- medzoo data check / cache / download ---------------------------------------------------------------
+
+def download_root(base: str, root: str | None) -> Path:
+    """Where ``data download`` writes: the folder ``data check`` and training read."""
+    from medzoo.plugin import data_root
+
+    try:
+        path = data_root(base, root, must_exist=False)
+    except MedzooError:
+        raise MedzooError(f"nowhere to download '{base}' to: set MEDZOO_DATA (it goes to $MEDZOO_DATA/{base}) or "
+                          f"pass --data-root {base}=PATH") from None
+    return path  # created by the download itself, so a refused argument leaves no empty folder
+
+
+def check_layout(name: str, root: str | None) -> None:
+    """What of the dataset's expected layout is missing, listed before opening it (whose error names only the
+    first problem); nothing when the plugin declares no layout or finds no folder at all (open says so)."""
+    from medzoo.plugin import registry
+
+    ref = registry().resolve("datasets", name)
+    if ref.spec.missing is None:
+        return
+    try:
+        missing = ref.spec.missing(root=root, arg=ref.arg)
+    except MedzooError:
+        return
+    if missing:
+        click.echo(f"{name}: missing:")
+        for item in missing:
+            click.echo(f"  {item}")
+        raise MedzooError(f"{name}: {len(missing)} expected item(s) missing (listed above); "
+                          f"`medzoo data download {name}` shows how to get them")
+
 
 def data_group(cli) -> click.Group:
     """The ``medzoo data`` group, created by whichever data plugin comes first."""
     if "data" not in cli.commands:
         @cli.group("data")
         def data():
-            """Check, cache and build datasets."""
+            """Download, check, cache and build datasets."""
     return cli.commands["data"]
 
 
@@ -187,7 +219,9 @@ def register_commands(cli):
 
         from medzoo.plugin import open_dataset
 
-        src = open_dataset(name, root_for(parse_data_roots(data_roots), name), skip_bad=skip_bad, trainable=True)
+        root = root_for(parse_data_roots(data_roots), name)
+        check_layout(name, root)
+        src = open_dataset(name, root, skip_bad=skip_bad, trainable=True)
         if verify:
             changed = src.verify()
             for path in changed:
@@ -214,6 +248,33 @@ def register_commands(cli):
             click.echo(f"  {len(bad_files)} unreadable image(s) of {len(src.records)}, left out with --skip-bad:")
             for problem in bad_files:
                 click.echo(f"    {problem}")
+
+    @group.command("download")
+    @click.argument("names", nargs=-1, required=True)
+    @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+    def download(names, data_roots):
+        """Download open datasets (medmnist:FLAG[_SIZE]) into the folder training reads ($MEDZOO_DATA/<name>):
+        resumable, checked against the published md5. For a dataset behind a licence form or portal, print the
+        steps and the expected layout (and exit 1: it cannot be downloaded for you)."""
+        from medzoo.plugin import registry
+
+        roots, manual = parse_data_roots(data_roots), []
+        for name in names:
+            ref = registry().resolve("datasets", name)
+            spec = ref.spec
+            if spec.download is None:
+                if not spec.manual_steps:
+                    raise MedzooError(f"'{name}' has nothing to download: {spec.description}")
+                click.echo(f"{spec.name}: medzoo cannot download it for you; get it like this:\n"
+                           f"{spec.manual_steps.strip()}\n"
+                           f"The data root is --data-root, MEDZOO_DATA_<NAME> or $MEDZOO_DATA/<name> "
+                           f"(docs/datasets/README.md). Then run `medzoo data check {name}`.\n")
+                manual.append(name)
+                continue
+            click.echo(spec.download(root=download_root(spec.name, root_for(roots, name)), arg=ref.arg))
+        if manual:
+            raise MedzooError(f"{', '.join(manual)}: behind a licence form or portal, not downloadable by medzoo; "
+                              "follow the steps above")
 
     @group.command("cache")
     @click.argument("name")

@@ -17,6 +17,7 @@ from medzoo.plugin import (
     hookimpl,
 )
 
+from . import portals
 from .imaging import FileSource, find_dir, list_images, read_image, recipe
 
 DEFAULT_PATCH = 512
@@ -129,5 +130,6 @@ def register_datasets(register):
         license="cc0-1.0", license_url="https://bcsegmentation.grand-challenge.org/", docs="docs/datasets/bcss.md",
         description="BCSS breast cancer semantic segmentation (TCGA, 0.25 MPP), tiled; code 0 (outside ROI) ignored",
         takes_arg=True, arg_required=False, arg_help="tile px",
+        manual_steps=portals.BCSS, missing=portals.missing_bcss,
         recipe=recipe(epochs=40, batch_size=8, lr=2e-4, image_size=512, augment="medium", patience=10,
                       preprocess={"size": 512, "channels": 3, "fit": "stretch"})))

@@ -20,6 +20,7 @@ from medzoo.plugin import (
     split_official,
 )
 
+from . import portals
 from .imaging import (
     FileSource,
     dicom_header,
@@ -265,6 +266,7 @@ def register_datasets(register):
         description="INbreast full-field digital mammograms (410 images): benign (BI-RADS 1-3) vs malignant "
                     "(4-6); ':birads' for 6 BI-RADS classes, ':density' for ACR density",
         takes_arg=True, arg_required=False, arg_help="binary|birads|density",
+        manual_steps=portals.INBREAST, missing=portals.missing_inbreast,
         # the imbalance is corrected once, by class-weighted loss (MAMMO_RECIPE): with ~100 malignant of 410,
         # balanced sampling would instead show each of them ~twice per epoch and overfit them sooner
         recipe={**MAMMO_RECIPE, "epochs": 40, "freeze": "top:2"}))
@@ -274,7 +276,8 @@ def register_datasets(register):
         license_url="https://www.cancerimagingarchive.net/collection/cbis-ddsm/",
         docs="docs/datasets/cbis_ddsm.md",
         description="CBIS-DDSM full mammograms, benign vs malignant (official train/test kept); ':mass' or ':calc'",
-        takes_arg=True, arg_required=False, arg_help="mass|calc", recipe=MAMMO_RECIPE))
+        takes_arg=True, arg_required=False, arg_help="mass|calc", recipe=MAMMO_RECIPE,
+        manual_steps=portals.CBIS_DDSM, missing=portals.missing_cbis))
     register(DatasetSpec(
         name="cbis_ddsm_roi", open=lambda *, root=None, arg=None: open_cbis(root=root, arg=arg, roi=True),
         classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="cc-by-3.0",
@@ -282,5 +285,6 @@ def register_datasets(register):
         docs="docs/datasets/cbis_ddsm.md",
         description="CBIS-DDSM ROI crops, one per abnormality, benign vs malignant; ':mass' or ':calc'",
         takes_arg=True, arg_required=False, arg_help="mass|calc",
+        manual_steps=portals.CBIS_DDSM, missing=portals.missing_cbis,
         recipe=recipe(epochs=30, batch_size=32, lr=1e-4, augment="strong", class_weights=True,
                       preprocess={"size": 256, "channels": 1, "clahe": 1.5})))

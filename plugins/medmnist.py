@@ -23,6 +23,7 @@ from medzoo.plugin import (
     clean_stale_tmp,
     data_root,
     did_you_mean,
+    download_file,
     hookimpl,
     license_id,
     tmp_folder,
@@ -30,6 +31,7 @@ from medzoo.plugin import (
 )
 
 from .imaging import preprocess_steps, recipe
+from .medmnist_release import BASE, MD5
 
 # flag -> (task, modality, body part, licence id, labels). The labels are those of the medmnist package's INFO
 # (3.0); INFO itself is used when the package is installed.
@@ -101,8 +103,8 @@ def find_npz(folder: Path, flag: str, size: int | None) -> Path:
     for n in names:
         if (folder / n).is_file():
             return folder / n
-    raise MedzooError(f"medmnist: none of {', '.join(names)} in {folder}; "
-                      "download it (docs/datasets/medmnist.md)")
+    raise MedzooError(f"medmnist: none of {', '.join(names)} in {folder}; `medzoo data download "
+                      f"medmnist:{flag}{f'_{size}' if size else ''}` fetches it (docs/datasets/medmnist.md)")
 
 
 def unpack_npz(npz: Path) -> Path:
@@ -138,6 +140,47 @@ def unpack_npz(npz: Path) -> Path:
     return out
 
 
+def release_file(flag: str, size: int | None) -> tuple[str, str, str]:
+    """(file name, URL, published md5) of a release file. ``MEDZOO_MEDMNIST_URL`` replaces the Zenodo record
+    with a mirror that holds the same files under the same names; the md5 is always the published one."""
+    size = size or 28
+    name = f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+    mirror = os.environ.get("MEDZOO_MEDMNIST_URL", "").rstrip("/")
+    return name, f"{mirror}/{name}" if mirror else f"{BASE}/{name}?download=1", MD5[flag][size]
+
+
+def download_medmnist(*, root: Path, arg: str | None) -> str:
+    flag, size = _parse(arg)
+    name, url, md5 = release_file(flag, size)
+    dest = Path(root) / name
+    fix = ("; MEDZOO_MEDMNIST_URL names the mirror it came from" if os.environ.get("MEDZOO_MEDMNIST_URL")
+           else "; or set MEDZOO_MEDMNIST_URL to a mirror")
+    if download_file(url, dest, md5=md5, fix=fix):
+        return f"downloaded {url} to {dest} (md5 {md5} verified)"
+    return f"{dest}: already present, md5 {md5} verified; nothing to do"
+
+
+def _folder(root) -> Path:
+    try:
+        return data_root("medmnist", root)
+    except MedzooError:
+        default = Path.home() / ".medmnist"  # where the medmnist package downloads to
+        if root is None and default.is_dir():
+            return default
+        raise
+
+
+def missing_medmnist(*, root, arg: str | None) -> list[str]:
+    flag, size = _parse(arg)
+    folder = _folder(root)
+    try:
+        find_npz(folder, flag, size)
+        return []
+    except MedzooError:
+        name = release_file(flag, size)[0]
+        return [f"{folder / name} (`medzoo data download medmnist:{flag}{f'_{size}' if size else ''}` fetches it)"]
+
+
 class MedmnistSource(ArraySource):
     def domain_steps(self, img, mask, cfg):
         return preprocess_steps(img, mask, cfg)
@@ -145,15 +188,7 @@ class MedmnistSource(ArraySource):
 
 def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
     flag, size = _parse(arg)
-    try:
-        folder = data_root("medmnist", root)
-    except MedzooError:
-        default = Path.home() / ".medmnist"  # where the medmnist package downloads to
-        if root is None and default.is_dir():
-            folder = default
-        else:
-            raise
-    npz = find_npz(folder, flag, size)
+    npz = find_npz(_folder(root), flag, size)
     task, modality, body, license_, labels = flag_info(flag)
     arrays = unpack_npz(npz)
     images, records = [], []
@@ -200,6 +235,6 @@ def register_datasets(register):
         docs="docs/datasets/medmnist.md",
         description="a 2D MedMNIST/MedMNIST+ dataset from its npz, e.g. medmnist:pathmnist_224 "
                     "(chestmnist is multilabel, retinamnist ordinal)",
-        takes_arg=True, arg_help="flag[_size]",
+        takes_arg=True, arg_help="flag[_size]", download=download_medmnist, missing=missing_medmnist,
         recipe=recipe(epochs=20, batch_size=64, lr=5e-4, augment="light", patience=5,
                       preprocess={"size": 224, "fit": "stretch"})))

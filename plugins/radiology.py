@@ -15,6 +15,7 @@ from medzoo.plugin import (
     split_official,
 )
 
+from . import portals
 from .imaging import FileSource, list_images, read_csv_rows, recipe
 
 CHEST_CLASSES = ("NORMAL", "PNEUMONIA")
@@ -102,6 +103,7 @@ def register_datasets(register):
         description="Kermany pediatric chest X-rays, normal vs pneumonia (5,856 images); ':3class' splits "
                     "pneumonia into bacterial and viral",
         takes_arg=True, arg_required=False, arg_help="3class",
+        manual_steps=portals.CHEST_XRAY, missing=portals.missing_chest_xray,
         recipe=recipe(epochs=20, lr=1e-4, class_weights=True, augment="medium",
                       preprocess={"size": 256, "channels": 1, "clahe": 2.0})))
     register(DatasetSpec(
@@ -109,5 +111,6 @@ def register_datasets(register):
         license="unknown",  # the Kaggle upload names no licence: check before redistributing
         license_url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage", docs="docs/datasets/head_ct.md",
         description="Kaggle head CT hemorrhage: 200 axial slices, normal vs hemorrhage",
+        manual_steps=portals.HEAD_CT, missing=portals.missing_head_ct,
         recipe=recipe(epochs=40, batch_size=16, lr=1e-4, augment="strong", patience=12, freeze="top:2",
                       preprocess={"size": 256, "channels": 1})))
