@@ -35,7 +35,8 @@ def available() -> bool:
     return True
 
 
-def _library():
+def require():
+    """pytorch-grad-cam, or one MedzooError naming the install command."""
     try:
         import pytorch_grad_cam
     except ImportError:
@@ -110,7 +111,7 @@ def maps(model: Any, batch: torch.Tensor, *, method: str = "gradcam", targets: S
     ``method``: "gradcam" (one forward and backward pass per batch) or "scorecam" (gradient-free, one
     forward pass per channel of the layer per image: 512 for resnet18, 768 for swin_t). ``arch`` names the
     medzoo architecture of a model that carries no lineage (built with timm or ``medzoo.models.build``)."""
-    _library()
+    require()
     from pytorch_grad_cam import GradCAM, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -169,7 +170,7 @@ def to_uint8(image: Any) -> np.ndarray:
 def overlay(image: Any, saliency: np.ndarray, *, weight: float = 0.5) -> np.ndarray:
     """``image`` (8-bit RGB or grey; see ``to_uint8``) with ``saliency`` (H×W, 0..1, resized to the image)
     drawn over it in the jet colour map at ``weight``: uint8 H×W×3 RGB."""
-    _library()
+    require()
     import cv2
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
