@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import store
-from .registry import MedzooError
+from .registry import MedzooError, MedzooWarning
 
 THUMB = 224  # longest side of an embedded image, px
 
@@ -75,6 +75,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
 
     if right < 0:
         raise MedzooError("--right must be ≥ 0")
+    asked = saliency
     if saliency is None:
         saliency = sal.available()
         if not saliency:
@@ -98,7 +99,15 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     ds = eval_dataset(model, source, split)
     cfg = transform_config(model)
     raw = source.source if isinstance(source, CachedSource) else source  # the original, before preprocessing
-    cams = _saliency(model, ds, wrong + ok, predicted, batch_size) if saliency else {}
+    cams = {}
+    if saliency:
+        try:
+            cams = _saliency(model, ds, wrong + ok, predicted, batch_size)
+        except MedzooError as exc:  # an architecture without a saliency layer: the gallery is still worth having
+            if asked:
+                raise
+            warnings.warn(MedzooWarning(f"saliency maps left out: {exc}"), stacklevel=2)
+            saliency = False
 
     def card(i: int, kind: str) -> str:
         r = preds.records[i]

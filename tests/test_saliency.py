@@ -188,6 +188,20 @@ def test_errors_gallery_shows_a_gradcam_map_per_card_and_no_saliency_turns_it_of
     assert figures(plain) == (cards, 0) and "Grad-CAM" not in plain and "warning" not in proc.stderr
 
 
+def test_an_arch_without_a_saliency_layer_leaves_the_maps_out_with_a_warning(ckpt, monkeypatch):
+    from dataclasses import replace
+
+    from medzoo.gallery import gallery
+
+    archs = registry().entries["archs"]
+    monkeypatch.setitem(archs, "timm", replace(archs["timm"], saliency_target=lambda model: (None, None)))
+    with pytest.warns(UserWarning, match="saliency maps left out: architecture 'timm:test_resnet' has no layer"):
+        path, wrong, shown = gallery(ckpt, right=2)
+    assert figures(path.read_text()) == (wrong + shown, 0) and "Grad-CAM" not in path.read_text()
+    with pytest.raises(MedzooError, match="its plugin should set saliency_target"):
+        gallery(ckpt, right=2, saliency=True)
+
+
 def test_without_the_extra_the_gallery_warns_once_and_still_builds(ckpt, monkeypatch):
     from medzoo.gallery import gallery
 
