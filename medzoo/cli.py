@@ -288,12 +288,14 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="HTML file (default: "
               "eval/errors-DATASET-SPLIT.html in the checkpoint).")
-def errors(name, dataset, split, right, data_roots, device, out):
+@click.option("--saliency/--no-saliency", default=None, help="Show each image's Grad-CAM map for the predicted "
+              "class (default: on when the saliency extra, pip install 'medzoo[saliency]', is installed).")
+def errors(name, dataset, split, right, data_roots, device, out, saliency):
     """One self-contained HTML page of the images NAME got wrong (and the least confident right ones)."""
     from .gallery import gallery
 
     path, wrong, shown = gallery(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
-                                 right=right, out=out)
+                                 right=right, out=out, saliency=saliency)
     click.echo(f"{wrong} misclassified, {shown} least confident right ones: {path}")
 
 

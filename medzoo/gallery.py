@@ -3,7 +3,8 @@
 
 Each card shows the original image as the dataset stores it, beside the exact tensor the model saw
 (after the cached preprocessing and the evaluation transform, de-normalised for display), with the true
-label, the prediction and its probability. Mistakes come first, most confident first (the most worrying);
+label, the prediction and its probability, and (with the ``saliency`` extra) the model input's Grad-CAM map
+for the predicted class (``medzoo.saliency``). Mistakes come first, most confident first (the most worrying);
 then right answers, least confident first. Images are embedded as base64 PNG, so the file can be mailed
 or archived alone.
 """
@@ -14,13 +15,14 @@ import base64
 import html
 import io
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import store
-from .registry import MedzooError
+from .registry import MedzooError, MedzooWarning
 
 THUMB = 224  # longest side of an embedded image, px
 
@@ -59,8 +61,13 @@ def _seen(x: torch.Tensor, mean, std) -> np.ndarray:
 
 
 def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_root=None, device: str | None = None,
-            right: int = 16, out: str | Path | None = None, batch_size: int = 64) -> tuple[Path, int, int]:
-    """Write the gallery; returns (path, number of mistakes, number of right answers shown)."""
+            right: int = 16, out: str | Path | None = None, batch_size: int = 64,
+            saliency: bool | None = None) -> tuple[Path, int, int]:
+    """Write the gallery; returns (path, number of mistakes, number of right answers shown).
+
+    ``saliency``: show each model input's Grad-CAM map for the predicted class; None = when the ``saliency``
+    extra is installed (else one warning), True = required, False = never."""
+    from . import saliency as sal
     from .cache import CachedSource
     from .evaluation import eval_dataset, eval_folder, open_for, predict
     from .stage import _device
@@ -68,6 +75,13 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
 
     if right < 0:
         raise MedzooError("--right must be ≥ 0")
+    asked = saliency
+    if saliency is None:
+        saliency = sal.available()
+        if not saliency:
+            warnings.warn(sal.missing_warning(), stacklevel=2)
+    elif saliency:
+        sal.require()  # fails here, before the predictions, when the extra is missing
     dev = _device(device)
     model = load(name, device=dev)
     task = model.medzoo_lineage.task
@@ -85,6 +99,15 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     ds = eval_dataset(model, source, split)
     cfg = transform_config(model)
     raw = source.source if isinstance(source, CachedSource) else source  # the original, before preprocessing
+    cams = {}
+    if saliency:
+        try:
+            cams = _saliency(model, ds, wrong + ok, predicted, batch_size)
+        except MedzooError as exc:  # an architecture without a saliency layer: the gallery is still worth having
+            if asked:
+                raise
+            warnings.warn(MedzooWarning(f"saliency maps left out: {exc}"), stacklevel=2)
+            saliency = False
 
     def card(i: int, kind: str) -> str:
         r = preds.records[i]
@@ -92,10 +115,12 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
         seen = _seen(ds[i][0], cfg.mean, cfg.std)
         original = raw.read(r)
         e = html.escape
+        cam = (f'<figure class="saliency"><img src="data:image/png;base64,{_png(sal.overlay(seen, cams[i]))}">'
+               f'<figcaption>Grad-CAM: {e(preds.classes[p])}</figcaption></figure>' if i in cams else "")
         return (f'<div class="card {kind}" data-id="{e(r.id)}"><div class="imgs">'
                 f'<figure><img src="data:image/png;base64,{_png(original)}"><figcaption>original</figcaption></figure>'
                 f'<figure><img src="data:image/png;base64,{_png(seen)}"><figcaption>model input '
-                f'{seen.shape[1]}×{seen.shape[0]}</figcaption></figure></div>'
+                f'{seen.shape[1]}×{seen.shape[0]}</figcaption></figure>{cam}</div>'
                 f'<p class="id">{e(r.id)}{" · patient " + e(r.patient) if r.patient else ""}</p>'
                 f'<p>true <b>{e(preds.classes[t])}</b> · predicted <b>{e(preds.classes[p])}</b> '
                 f'p={float(conf[i]):.3f}</p><p class="small">p(true class)={float(preds.probs[i, t]):.3f}</p></div>')
@@ -105,7 +130,8 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>{len(wrong)} of {len(predicted)} images misclassified (accuracy {1 - len(wrong) / len(predicted):.3f}). "
             f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "
-            f"tensor, de-normalised. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by medzoo errors.</p>",
+            f"tensor, de-normalised.{SALIENCY_NOTE if saliency else ''} "
+            f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by medzoo errors.</p>",
             f'<h2 id="wrong">Misclassified ({len(wrong)}), most confident first</h2><div class="grid">',
             *[card(i, "wrong") for i in wrong], "</div>",
             f'<h2 id="right">Right but least confident ({len(ok)})</h2><div class="grid">',
@@ -119,9 +145,26 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     return path, len(wrong), len(ok)
 
 
+SALIENCY_NOTE = (" Grad-CAM = where the model's last feature stage supported the predicted class (red = most), "
+                 "over the model input.")
+
+
+def _saliency(model, ds, indices: list[int], predicted, batch_size: int) -> dict[int, np.ndarray]:
+    """Grad-CAM of each shown image for its predicted class, by index."""
+    from .saliency import maps
+
+    found: dict[int, np.ndarray] = {}
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        batch = torch.stack([ds[i][0] for i in chunk])
+        for i, m in zip(chunk, maps(model, batch, targets=[int(predicted[i]) for i in chunk])):
+            found[i] = m
+    return found
+
+
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 .grid{display:flex;flex-wrap:wrap;gap:12px}
-.card{border:2px solid #ccc;border-radius:6px;padding:8px;width:min(470px,100%)}
+.card{border:2px solid #ccc;border-radius:6px;padding:8px;width:min(710px,100%)}
 .card.wrong{border-color:#c0392b}.card.right{border-color:#27ae60}
 .imgs{display:flex;gap:6px}figure{margin:0;text-align:center}figcaption{font-size:11px;color:#666}
 img{max-width:224px;image-rendering:pixelated;background:#000}

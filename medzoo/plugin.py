@@ -67,6 +67,7 @@ from .registry import (
     did_you_mean,
     registry,
 )
+from .saliency import feature_layer
 from .stage import log
 from .store import CONFIG as CHECKPOINT_CONFIG
 from .store import WEIGHTS as CHECKPOINT_WEIGHTS
@@ -97,6 +98,8 @@ __all__ = [
     "SourceWeights", "Transfer", "block_groups", "classifier_names", "create_model", "stock_timm_name",
     "read_weights", "load_safetensors", "sha256_file", "read_checkpoint", "CHECKPOINT_CONFIG", "CHECKPOINT_WEIGHTS",
     "HF_PREFIX", "locate", "read_located_weights",
+    # saliency (ArchSpec.saliency_target)
+    "feature_layer",
     # files
     "medzoo_home", "slug", "atomic_write",
     # downloads (resumable, md5-checked)

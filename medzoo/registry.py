@@ -54,6 +54,9 @@ class ArchSpec:
     classifier: str | None = None
     load_parent: Callable[..., Any] | None = None
     plugin: str = ""
+    # ``saliency_target(model) -> (layer, reshape)``: the layer Grad-CAM reads and, when its output is not
+    # N×C×H×W (Swin's NHWC, ViT's tokens), a function making it so; None = the last stage of timm's feature_info
+    saliency_target: Callable[[Any], tuple[Any, Callable[[Any], Any] | None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medzoo.plugin import ArchSpec, MedzooError, did_you_mean, hookimpl
+from medzoo.plugin import ArchSpec, MedzooError, did_you_mean, feature_layer, hookimpl
 
 # short name -> (stock timm name, family, default input size)
 SHORT_NAMES = {
@@ -57,6 +57,32 @@ def truncate_model(model, k: int, num_classes: int):
     return model
 
 
+def saliency_target(model):
+    """Grad-CAM's layer: the last feature stage timm lists (that ``truncate`` kept), with its output made
+    N×C×H×W. timm declares Swin's NHWC stage outputs in ``model.output_fmt``; ViT-style token sequences
+    (prefix tokens, then the patch grid) are cut to the grid timm's ``patch_embed`` reports, at the last block's
+    first norm: a class-token head gives the last block's patch tokens no gradient (pytorch-grad-cam's ViT advice)."""
+    layer = feature_layer(model)
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        return layer, _nhwc_to_nchw
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if grid is not None and prefix is not None:
+        gh, gw = grid
+        blocks = getattr(model, "blocks", None)
+        if blocks is not None and len(blocks) and hasattr(blocks[-1], "norm1"):
+            layer = blocks[-1].norm1
+
+        def tokens_to_nchw(x):
+            return x[:, prefix:].reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2)
+        return layer, tokens_to_nchw
+    return layer, None
+
+
+def _nhwc_to_nchw(x):
+    return x.permute(0, 3, 1, 2)
+
+
 def _spec(name: str, timm_name: str, family: str, size: int) -> ArchSpec:
     return ArchSpec(
         name=name,
@@ -67,6 +93,7 @@ def _spec(name: str, timm_name: str, family: str, size: int) -> ArchSpec:
         timm_name=timm_name,
         description=f"timm {timm_name}",
         options={"truncate": TRUNCATE_HELP},
+        saliency_target=saliency_target,
     )
 
 
@@ -83,4 +110,5 @@ def register_archs(register):
         takes_arg=True,
         arg_help="timm name",
         options={"truncate": TRUNCATE_HELP},
+        saliency_target=saliency_target,
     ))

@@ -213,9 +213,9 @@ def test_errors_gallery_lists_exactly_the_misclassified_images(ckpt):
     listed_right = [i for kind, i in cards if kind == "right"]
     rights = sorted((conf[r["id"]] for r in rows if r["label"] == r["predicted"]))[:5]
     assert shown == 5 and [conf[i] for i in listed_right] == pytest.approx(rights, abs=1e-6)
-    # self-contained: two embedded PNGs per card (original and model input), nothing fetched
+    # self-contained: three embedded PNGs per card (original, model input, Grad-CAM), nothing fetched
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 2 * len(cards) and base64.b64decode(images[0])[:4] == b"\x89PNG"
+    assert len(images) == 3 * len(cards) and base64.b64decode(images[0])[:4] == b"\x89PNG"
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "true <b>" in page and "predicted <b>" in page and "p=" in page
     proc = run_cli("errors", ckpt, "--dataset", "nope", check=False)
