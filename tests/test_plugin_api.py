@@ -77,3 +77,29 @@ def test_no_data_for_a_first_party_dataset_still_links_to_medzoos_page(tmp_path,
     with pytest.raises(MedzooError, match="how to get it: https://github.com/medzoo/medzoo/blob/main/docs/datasets/"
                                           "chest_xray.md"):
         data_root("chest_xray")
+
+
+def test_every_public_name_is_documented_and_plugins_use_only_public_names():
+    import ast
+    from pathlib import Path
+
+    import medzoo.plugin as api
+
+    public = set(api.__all__)
+    assert len(public) == len(api.__all__) and not [n for n in public if n.startswith("_")]
+    assert [n for n in api.__all__ if not hasattr(api, n)] == []
+    assert [n for n in api.__all__ if f"``{n}" not in api.__doc__] == []
+    used = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "medzoo.plugin":
+                used.update({a.name: path.name for a in node.names})
+    assert {n: f for n, f in used.items() if n not in public} == {}
+
+
+def test_a_weight_source_gets_a_ref():
+    from medzoo.plugin import Ref
+
+    ref = registry().resolve("archs", "resnet50@truncate=1")
+    assert isinstance(ref, Ref) and (ref.spec.name, ref.arg, dict(ref.options), ref.name) == (
+        "resnet50", None, {"truncate": "1"}, "resnet50@truncate=1")
