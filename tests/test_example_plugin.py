@@ -21,7 +21,7 @@ EXAMPLE = DOCS / "example_plugin"
 def _quoted(page: str, name: str) -> str:
     """The code blocks of ``page`` marked ``<!-- example_plugin/NAME -->``, joined in order."""
     blocks = re.findall(rf"<!-- example_plugin/{re.escape(name)} -->\n```[a-z]*\n(.*?)```", page, re.S)
-    return "\n".join(b.rstrip("\n") for b in blocks) + "\n"
+    return "\n\n\n".join(b.rstrip("\n") for b in blocks) + "\n"  # blocks split the file at its two-blank-line gaps
 
 
 @pytest.mark.parametrize("name", ["pyproject.toml", "medzoo_acme.py"])
@@ -122,4 +122,5 @@ def test_the_examples_errors_are_one_line(site, dots, tmp_path):
     assert wrong.stderr.strip().splitlines()[-1] == "Error: acme_ortho gives weights for acme_net only, not 'resnet18'"
     bad_arg = run_cli("train", "acme_net", "--stages", "acme_ortho,acme_dots", "--data-root", f"acme_dots={dots}",
                       "--set", "freeze=acme_warm_stem:two", env=env, check=False)
-    assert bad_arg.returncode == 1 and "acme_warm_stem:two: the argument must be a non-negative integer" in bad_arg.stderr
+    assert bad_arg.returncode == 1
+    assert "acme_warm_stem:two: the argument must be a non-negative integer" in bad_arg.stderr

@@ -92,9 +92,11 @@ def test_two_plugins_with_one_name_keep_the_first_found_and_warn_naming_both():
     with pytest.warns(MedzooPluginWarning) as caught:
         reg.call_register_hooks()
     assert len(caught) == 1
-    assert "'beta' (package pkg-beta)" in str(caught[0].message) and "'alpha' (package pkg-alpha)" in str(caught[0].message)
+    message = str(caught[0].message)
+    assert "'beta' (package pkg-beta)" in message and "'alpha' (package pkg-alpha)" in message
     assert reg.resolve("archs", "dup").spec.plugin == "alpha"
-    assert reg.plugins["beta"].disabled == ["architecture 'dup' (taken by 'alpha')"] and not reg.plugins["alpha"].disabled
+    assert reg.plugins["beta"].disabled == ["architecture 'dup' (taken by 'alpha')"]
+    assert not reg.plugins["alpha"].disabled
 
 
 def test_a_first_party_plugin_keeps_its_name_against_one_found_earlier():

@@ -150,4 +150,5 @@ def test_a_name_clash_disables_the_third_party_entry_and_keeps_the_cli_working(c
     # the rest of the clashing plugin still works
     assert "plugin: medzoo_clash" in run_cli("info", "clash_net", env=env).stdout
     rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
-    assert {r["name"]: r for r in rows}["medzoo_clash"]["disabled"] == ["architecture 'resnet18' (taken by 'timm_archs')"]
+    disabled = {r["name"]: r for r in rows}["medzoo_clash"]["disabled"]
+    assert disabled == ["architecture 'resnet18' (taken by 'timm_archs')"]
