@@ -196,6 +196,8 @@ def plugins(as_json):
     for p in rows:
         status = f"FAILED: {p['error']}" if p["error"] else ", ".join(p["hooks"])
         click.echo(f"{p['name']}  ({p['package']} {p['version']})  {status}")
+        for entry in p["disabled"]:  # left out for a name clash (a warning said which)
+            click.echo(f"  disabled: {entry}")
 
 
 def _workers_option(ctx, param, value):

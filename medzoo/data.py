@@ -9,6 +9,7 @@ channel adaptation, resizing, augmentation, normalisation — is the same for ev
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import random
 from collections import Counter
@@ -21,12 +22,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .registry import MedzooError, registry
+from .registry import FIRST_PARTY, MedzooError, registry
 
 log = logging.getLogger("medzoo.data")
 
 SPLITS = ("train", "val", "test")
-DOCS_URL = "https://github.com/medzoo/medzoo/blob/main/docs/datasets/{name}.md"
+REPO_URL = "https://github.com/medzoo/medzoo/blob/main/"
+DOCS_URL = REPO_URL + "docs/datasets/{name}.md"
 
 
 @dataclass
@@ -241,7 +243,26 @@ def data_root(name: str, root: str | Path | None = None, *, must_exist: bool = T
             return path
         tried.append(f"{path} ({how})")
     where = ", ".join(tried) if tried else f"nowhere: pass --data-root or set {env_name} or MEDZOO_DATA"
-    raise MedzooError(f"no data for '{name}': looked in {where}; how to get it: {DOCS_URL.format(name=name)}")
+    raise MedzooError(f"no data for '{name}': looked in {where}; how to get it: {docs_link(name)}")
+
+
+def docs_link(name: str) -> str:
+    """Where the user reads how to get dataset ``name``: its ``DatasetSpec.docs`` (a URL as is; a path of a
+    first-party plugin on medzoo's GitHub), or the plugin that registered it — never medzoo's pages for a
+    dataset medzoo does not document."""
+    reg = registry()
+    spec = reg.entries["datasets"].get(name.partition(":")[0])
+    if spec is None:
+        return DOCS_URL.format(name=name.partition(":")[0])
+    info = reg.plugins.get(spec.plugin)
+    package = info.package if info else "?"
+    if "://" in spec.docs:
+        return spec.docs
+    if package == FIRST_PARTY:
+        return REPO_URL + spec.docs if spec.docs else DOCS_URL.format(name=spec.name)
+    if spec.docs:
+        return f"{spec.docs} (plugin '{spec.plugin}', package {package})"
+    return f"the documentation of plugin '{spec.plugin}' (package {package}), which gives no DatasetSpec.docs"
 
 
 # -- splits -------------------------------------------------------------------------------------
@@ -302,6 +323,30 @@ def check_leakage(records: list[Record], name: str = "dataset") -> None:
                           f"(e.g. {leaks[0]} in {sorted(seen[leaks[0]])}); split by patient, not by image")
 
 
+def check_labels(source: DataSource, name: str) -> None:
+    """``Record.label`` is a class index (classification) or one 0/1 per class (multilabel): a plugin handing
+    over the class name instead fails here, naming the record, not deep in training with a TypeError."""
+    n = len(source.classes)
+    fix = (f"a dataset plugin gives Record(label=classes.index(name)), classes being "
+           f"{', '.join(map(repr, source.classes[:5]))}{', …' if n > 5 else ''}")
+    for r in source.records:
+        if source.task == "classification":
+            if not isinstance(r.label, numbers.Integral) or isinstance(r.label, bool):
+                raise MedzooError(f"dataset '{name}': record '{r.id}' has label {r.label!r}, not a class index; {fix}")
+            if not 0 <= r.label < n:
+                raise MedzooError(f"dataset '{name}': record '{r.id}' has label {r.label}, outside 0..{n - 1} "
+                                  f"for its {n} classes; {fix}")
+        elif source.task == "multilabel":
+            try:
+                ok = len(r.label) == n and all(v in (0, 1) for v in r.label)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise MedzooError(f"dataset '{name}': record '{r.id}' has label {r.label!r}; a multilabel record's "
+                                  f"label is one 0/1 per class ({n}: {', '.join(source.classes[:5])}"
+                                  f"{', …' if n > 5 else ''})")
+
+
 def check_trainable(source: DataSource, name: str) -> None:
     """A classifier needs two classes among its training images: a one-class dataset would train a whole
     epoch and then fail in validation (an aggregated set like medagg may still take it as a source)."""
@@ -335,6 +380,7 @@ def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any =
     source.meta.setdefault("license", ref.spec.license)
     if not source.classes and source.task != "segmentation":
         raise MedzooError(f"dataset '{name}' has no classes; check its labels")
+    check_labels(source, name)
     counts = Counter(r.split for r in source.records)
     if not counts.get("train"):
         raise MedzooError(f"dataset '{name}' has no training images ({dict(counts) or 'no images at all'}); "

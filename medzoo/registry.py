@@ -19,6 +19,7 @@ import pluggy
 from . import hookspecs
 
 ENTRY_POINT_GROUP = "medzoo"
+FIRST_PARTY = "medzoo"  # the distribution whose plugins win a name clash
 TASKS = ("classification", "multilabel", "segmentation")
 
 
@@ -166,6 +167,7 @@ class PluginInfo:
     version: str
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    disabled: list[str] = field(default_factory=list)  # its entries left out for a name clash, with the winner
 
 
 @dataclass(frozen=True)
@@ -189,19 +191,39 @@ class Registry:
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
         self.plugins: dict[str, PluginInfo] = {}
+        self.clashes: dict[tuple[str, str], list[str]] = {}  # (kept plugin, disabled plugin) -> entries
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
 
     # -- building -------------------------------------------------------------------------
     def add(self, kind: str, spec: Any, plugin: str) -> None:
+        """Add ``spec``; on a name another plugin has, keep one entry (:meth:`_rank`) and disable the other, so
+        one third-party package cannot take every command down (warned once per pair of plugins)."""
         k = KINDS[kind]
         old = self.entries[kind].get(spec.name)
-        if old is not None:
-            raise MedzooError(
-                f"{k.noun} '{spec.name}' is registered by two plugins: {self._who(old.plugin)} and "
-                f"{self._who(plugin)}; uninstall one, or pick one with MEDZOO_LOAD_PLUGINS"
-            )
+        if old is not None and old.plugin != plugin:
+            keep, drop = (old.plugin, plugin) if self._rank(old.plugin) <= self._rank(plugin) else (plugin, old.plugin)
+            self.clashes.setdefault((keep, drop), []).append(f"{k.noun} '{spec.name}'")
+            info = self.plugins.get(drop)
+            if info is not None:
+                info.disabled.append(f"{k.noun} '{spec.name}' (taken by '{keep}')")
+            if keep == old.plugin:
+                return
         self.entries[kind][spec.name] = replace(spec, plugin=plugin)
+
+    def _rank(self, plugin: str) -> tuple[bool, int]:
+        """Which of two plugins keeps a clashing name: medzoo's own first, then the one found first on the path
+        (entry points are read in ``sys.path`` order, so a package installed later elsewhere comes later)."""
+        order = list(self.plugins)
+        info = self.plugins.get(plugin)
+        return (info is None or info.package != FIRST_PARTY, order.index(plugin) if plugin in order else len(order))
+
+    def _warn_clashes(self) -> None:
+        for (keep, drop), names in self.clashes.items():
+            _warn(f"plugin {self._who(drop)} registers {', '.join(names)}, already provided by plugin "
+                  f"{self._who(keep)}: {self._who(drop)}'s entr{'ies are' if len(names) > 1 else 'y is'} disabled "
+                  f"(`medzoo plugins` lists them); rename {'them' if len(names) > 1 else 'it'} in that plugin "
+                  "(a prefix like 'acme_'), or load one of the two with MEDZOO_LOAD_PLUGINS")
 
     def _who(self, plugin: str) -> str:
         info = self.plugins.get(plugin)
@@ -238,11 +260,15 @@ class Registry:
                     impl.function(register=staged.append)
                     for spec in staged:
                         _validate(k, spec)
+                    twice = sorted({s.name for s in staged if [t.name for t in staged].count(s.name) > 1})
+                    if twice:
+                        raise ValueError(f"registers {k.noun} {', '.join(map(repr, twice))} twice")
                 except Exception as exc:
                     self._hook_failed(impl.plugin_name, k.hook, exc)
                     continue
                 for spec in staged:
                     self.add(kind, spec, impl.plugin_name)
+        self._warn_clashes()
         for name, plugin in self.pm.list_name_plugin():
             if name in self.plugins:
                 self.plugins[name].hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])

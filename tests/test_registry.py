@@ -81,13 +81,43 @@ def _arch(name):
     return ArchSpec(name=name, build=lambda **kw: None)
 
 
-def test_two_plugins_with_one_name_is_an_error_naming_both():
+def test_two_plugins_with_one_name_keep_the_first_found_and_warn_naming_both():
+    from medzoo.registry import PluginInfo
+
     reg = Registry()
-    reg.pm.register(_plugin(register_archs=lambda register: register(_arch("dup"))), name="alpha")
-    reg.pm.register(_plugin(register_archs=lambda register: register(_arch("dup"))), name="beta")
-    with pytest.raises(MedzooError) as err:
+    for name in ("alpha", "beta"):  # the order entry points were found in
+        reg.plugins[name] = PluginInfo(name, f"pkg-{name}", "1")
+        reg.pm.register(_plugin(register_archs=lambda register, n=name: register(
+            ArchSpec(name="dup", build=lambda **kw: None, description=n))), name=name)
+    with pytest.warns(MedzooPluginWarning) as caught:
         reg.call_register_hooks()
-    assert "'alpha'" in str(err.value) and "'beta'" in str(err.value) and "MEDZOO_LOAD_PLUGINS" in str(err.value)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "'beta' (package pkg-beta)" in message and "'alpha' (package pkg-alpha)" in message
+    assert reg.resolve("archs", "dup").spec.plugin == "alpha"
+    assert reg.plugins["beta"].disabled == ["architecture 'dup' (taken by 'alpha')"]
+    assert not reg.plugins["alpha"].disabled
+
+
+def test_a_first_party_plugin_keeps_its_name_against_one_found_earlier():
+    from medzoo.registry import FIRST_PARTY, PluginInfo
+
+    reg = Registry()
+    for name, package in (("thirdparty", "medzoo-acme"), ("firstparty", FIRST_PARTY)):
+        reg.plugins[name] = PluginInfo(name, package, "1")
+        reg.pm.register(_plugin(register_archs=lambda register: register(_arch("dup"))), name=name)
+    with pytest.warns(MedzooPluginWarning, match="'thirdparty'.*disabled"):
+        reg.call_register_hooks()
+    assert reg.resolve("archs", "dup").spec.plugin == "firstparty"
+
+
+def test_one_plugin_registering_a_name_twice_is_skipped_with_a_warning():
+    reg = Registry()
+    reg.pm.register(_plugin(register_archs=lambda register: [register(_arch("dup")), register(_arch("dup"))]),
+                    name="sloppy")
+    with pytest.warns(MedzooPluginWarning, match="'sloppy'.*architecture 'dup' twice"):
+        reg.call_register_hooks()
+    assert reg.list("archs") == []
 
 
 def test_a_plugin_raising_in_its_hook_is_skipped_with_a_warning():

@@ -111,3 +111,44 @@ def test_installed_arch_trains_forward_in_process(site, monkeypatch):
     with pytest.warns(MedzooPluginWarning, match="medzoo_broken"):
         model = medzoo.create_model("acme_net", num_classes=2, in_chans=1)
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
+
+
+CLASH = '''
+import torch
+from medzoo.plugin import ArchSpec, hookimpl
+
+
+@hookimpl
+def register_archs(register):
+    build = lambda *, num_classes, in_chans=3, **kw: torch.nn.Linear(in_chans, num_classes)
+    register(ArchSpec(name="resnet18", build=build, description="not timm's resnet18"))
+    register(ArchSpec(name="clash_net", build=build, description="a name nobody else has"))
+'''
+
+
+@pytest.fixture(scope="module")
+def clash_site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clash")
+    pkg = _package(root, "medzoo-clash", "medzoo_clash", CLASH)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(root / "site"), str(pkg)], check=True, capture_output=True)
+    return str(root / "site")
+
+
+def test_a_name_clash_disables_the_third_party_entry_and_keeps_the_cli_working(clash_site):
+    """A third-party plugin registering 'resnet18' used to make every command fail, --help included."""
+    env = _env(clash_site)
+    help_ = run_cli("--help", env=env)
+    warning = [line for line in help_.stderr.splitlines() if "resnet18" in line]
+    assert len(warning) == 1, help_.stderr
+    assert "'medzoo_clash' (package medzoo-clash)" in warning[0] and "'timm_archs' (package medzoo)" in warning[0]
+    assert "disabled" in warning[0]
+    listing = run_cli("plugins", env=env).stdout
+    assert "disabled: architecture 'resnet18' (taken by 'timm_archs')" in listing
+    info = run_cli("info", "resnet18", env=env).stdout
+    assert "plugin: timm_archs (package medzoo" in info and "not timm's resnet18" not in info
+    # the rest of the clashing plugin still works
+    assert "plugin: medzoo_clash" in run_cli("info", "clash_net", env=env).stdout
+    rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
+    disabled = {r["name"]: r for r in rows}["medzoo_clash"]["disabled"]
+    assert disabled == ["architecture 'resnet18' (taken by 'timm_archs')"]
