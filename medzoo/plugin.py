@@ -68,11 +68,14 @@ Models and weights
     safetensors file without a hash policy; ``sha256_file(path)``. ``read_checkpoint(path)``: a stored medzoo
     checkpoint folder; ``CHECKPOINT_CONFIG``/``CHECKPOINT_WEIGHTS``: its file names. ``locate(name)``: a model's
     files by medzoo name, folder or ``HF_PREFIX`` (``hf-hub:``) name; ``read_located_weights(found)``: their
-    verified tensors.
+    verified tensors. ``feature_layer(model, spec)``: the default saliency layer (the last stage of timm's
+    ``feature_info`` the model still has), for an ``ArchSpec.saliency_target`` that starts from it.
 
 Files
     ``medzoo_home()``: ``$MEDZOO_HOME``; ``slug(text)``: a name part safe in file names; ``atomic_write(path,
     data)``: readers see the old content or the new, never a part.
+    ``download_file(url, dest, md5=)``: a resumable, md5-checked download into place (a dataset's
+    ``download``); ``md5_file(path)``.
 """
 
 from __future__ import annotations
