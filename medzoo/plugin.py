@@ -68,7 +68,7 @@ Models and weights
     safetensors file without a hash policy; ``sha256_file(path)``. ``read_checkpoint(path)``: a stored medzoo
     checkpoint folder; ``CHECKPOINT_CONFIG``/``CHECKPOINT_WEIGHTS``: its file names. ``locate(name)``: a model's
     files by medzoo name, folder or ``HF_PREFIX`` (``hf-hub:``) name; ``read_located_weights(found)``: their
-    verified tensors. ``feature_layer(model, spec)``: the default saliency layer (the last stage of timm's
+    verified tensors. ``feature_layer(model)``: the default saliency layer (the last stage of timm's
     ``feature_info`` the model still has), for an ``ArchSpec.saliency_target`` that starts from it.
 
 Files
