@@ -6,7 +6,9 @@ commands is here; the rest of ``medzoo`` is internal and may change without noti
 docs/plugins.md walks through a complete plugin written against it.
 
 - Hooks: ``hookimpl`` marks the functions of a plugin module (see ``medzoo.hookspecs``).
-- Specs: ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``.
+- Specs: ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``, ``LoggerSpec``.
+- Trackers: a ``LoggerSpec.create(RunInfo)`` returns a ``Logger`` (``start(StageRun, params, lineage)``,
+  ``log_epoch``, ``end(Outcome)``); see docs/tracking.md.
 - Errors: raise ``MedzooError`` for anything the user can fix (one line: the problem and the fix); warn with
   ``MedzooWarning``.
 - Data: subclass ``DataSource`` (or use ``ArraySource``) holding ``Record`` items; ``bad_input`` reports an
@@ -59,6 +61,7 @@ from .registry import (
     DatasetSpec,
     FreezePolicySpec,
     KeyMapSpec,
+    LoggerSpec,
     MedzooError,
     MedzooWarning,
     WeightSourceSpec,
@@ -70,6 +73,7 @@ from .store import CONFIG as CHECKPOINT_CONFIG
 from .store import WEIGHTS as CHECKPOINT_WEIGHTS
 from .store import atomic_write, read_checkpoint, slug
 from .store import home as medzoo_home
+from .tracking import Logger, Outcome, RunInfo, StageRun
 from .weights import load_file as load_safetensors
 from .weights import read as read_weights
 from .weights import sha256_file
@@ -79,6 +83,8 @@ from .zoo import read_weights as read_located_weights
 __all__ = [
     # hooks and specs
     "hookimpl", "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "KeyMapSpec", "registry",
+    # experiment trackers (`train --log`)
+    "LoggerSpec", "Logger", "RunInfo", "StageRun", "Outcome",
     # errors and messages
     "MedzooError", "MedzooWarning", "did_you_mean", "log",
     # data
