@@ -57,6 +57,11 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
                           "add a dataset, e.g. --stages imagenet,phantom_agg")
     for d in datasets:
         registry().resolve("datasets", d)
+    # created on every rank (a typo or a missing extra fails everywhere alike, before any data is opened);
+    # only rank 0 logs
+    loggers = open_loggers(runtime.log, RunInfo(arch=arch_ref.name, home=store.home(),
+                                                experiment=runtime.experiment or "medzoo", group=runtime.run_group,
+                                                tracking_uri=runtime.tracking_uri))
     sets = overrides if isinstance(overrides, dict) else mzrecipe.parse_sets(overrides, datasets)
     file = mzrecipe.read_recipe_file(recipe_file)
     # Open and check every dataset and recipe before anything trains: a typo in the last stage must not
@@ -79,10 +84,6 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
         if not src.split("val"):
             mzdata.carve_val_split(src)
     overlaps = check_chain(list(zip(datasets, source_of)), allow=runtime.allow_overlap)
-    # created on every rank (a missing extra fails everywhere alike, before anything trains); only rank 0 logs
-    loggers = open_loggers(runtime.log, RunInfo(arch=arch_ref.name, home=store.home(),
-                                                experiment=runtime.experiment or "medzoo", group=runtime.run_group,
-                                                tracking_uri=runtime.tracking_uri))
     _init_distributed()
     parent = _start(classifier_of(arch_ref), first, {a.name for a in stage_archs})
     results = []
