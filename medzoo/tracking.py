@@ -125,9 +125,11 @@ class Loggers:
     def __bool__(self) -> bool:
         return bool(self._live)
 
+    def _active(self) -> bool:
+        # only rank 0 reads the written checkpoint back and logs: other ranks may not share its file system
+        return bool(self._live) and _rank() == 0
+
     def _call(self, method: str, *args: Any) -> None:
-        if _rank() != 0:
-            return
         for name, logger in list(self._live.items()):
             try:
                 getattr(logger, method)(*args)
@@ -144,7 +146,7 @@ class Loggers:
         has the whole curve)."""
         from .store import public_dataset
 
-        if not self._live:
+        if not self._active():
             return
         r = trainer.recipe
         stage = StageRun(name=trainer.name, arch=trainer.arch_ref.name, dataset=public_dataset(trainer.dataset),
@@ -156,7 +158,7 @@ class Loggers:
             self.epoch(row)
 
     def epoch(self, row: dict[str, Any]) -> None:
-        if self._live:
+        if self._active():
             self._call("log_epoch", int(row["epoch"]), {k: float(v) for k, v in row.items()
                                                         if k != "epoch" and isinstance(v, (int, float))})
 
@@ -164,7 +166,7 @@ class Loggers:
         """The checkpoint is written: its lineage is read back from it, so trackers get what was stored."""
         from .store import read_checkpoint
 
-        if not self._live:
+        if not self._active():
             return
         ckpt = read_checkpoint(path)
         curve = path / "learning_curve.png"
@@ -177,7 +179,7 @@ class Loggers:
 
     def stage_failed(self, exc: BaseException) -> None:
         """The stage raised (or was interrupted) after its run was opened: close the run as failed/killed."""
-        if not self._live or not self._open:
+        if not self._active() or not self._open:
             return
         self._open = False
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"

@@ -162,9 +162,10 @@ def test_a_grid_is_one_mlflow_experiment_and_one_tensorboard_folder_with_a_run_p
     assert {r.data.tags["medzoo.checkpoint"]: r.data.tags["medzoo.cell"] for r in runs} == trained
     assert all(r.info.status == "FINISHED" for r in runs)
     grid = home / "tensorboard" / "phantom"
-    folders = {p.parent.name for p in grid.glob("*/*/events.out.tfevents.*")}
-    assert folders == {store.slug(c) for c in trained.values()}
-    assert len(list(grid.glob("*/*/events.out.tfevents.*"))) == 5
+    events = list(grid.glob("*/*/events.out.tfevents.*"))
+    keys = {name: store.read_checkpoint(home / "checkpoints" / name).lineage.key for name in trained}
+    assert len(events) == 5 and {(p.parent.parent.name, p.parent.name) for p in events} == {
+        (store.slug(cell), f"{store.slug(name.partition('~')[0])}~{keys[name][:8]}") for name, cell in trained.items()}
 
 
 def test_grid_runtime_log_is_checked_when_the_grid_is_read(tmp_path):
@@ -176,3 +177,25 @@ def test_grid_runtime_log_is_checked_when_the_grid_is_read(tmp_path):
 
     with pytest.raises(MedzooError, match="runtime key 'log': unknown logger 'mlflw'; did you mean 'mlflow'"):
         load_grid(path)
+
+
+class _CtrlC:
+    def start(self, stage, params, lineage):
+        pass
+
+    def log_epoch(self, epoch, metrics):
+        raise KeyboardInterrupt  # Ctrl-C arriving as the first epoch is logged
+
+    def end(self, outcome):
+        pass
+
+
+def test_an_interrupted_stage_closes_its_mlflow_run_as_killed_and_writes_no_checkpoint():
+    registry().add("loggers", LoggerSpec("ctrl_c", lambda info: _CtrlC()), "test")
+    with pytest.raises(KeyboardInterrupt):
+        medzoo.train(ARCH, "scratch,phantom_lesion", overrides=TINY, precision="fp32", log="mlflow,ctrl_c")
+    client = _mlflow(store.home())
+    (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["medzoo.error"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1]
+    assert not [p for p in store.checkpoints_dir().glob("*") if not p.name.startswith(".")]
