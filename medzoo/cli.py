@@ -249,6 +249,9 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
     if trust_upstream:  # read by the weight source plugin, like --data-root's MEDZOO_DATA
         os.environ["MEDZOO_TRUST_UPSTREAM"] = "1"
 
+    if (tracking_uri or experiment_name) and not log_:
+        raise MedzooError("--tracking-uri and --experiment say where --log sends runs; add --log mlflow (or "
+                          "tensorboard) or drop them")
     roots = _data_roots(data_roots)
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
                       num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad,

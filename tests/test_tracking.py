@@ -199,3 +199,10 @@ def test_an_interrupted_stage_closes_its_mlflow_run_as_killed_and_writes_no_chec
     assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["medzoo.error"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1]
     assert not [p for p in store.checkpoints_dir().glob("*") if not p.name.startswith(".")]
+
+
+def test_a_tracking_uri_without_log_is_refused_rather_than_ignored():
+    proc = run_cli("train", ARCH, "--stages", "scratch,phantom_lesion", "--tracking-uri", "http://127.0.0.1:9",
+                   check=False)
+    assert proc.returncode == 1 and "add --log mlflow" in proc.stderr
+    assert not store.checkpoints_dir().exists()
