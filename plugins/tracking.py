@@ -129,12 +129,12 @@ class MlflowLogger:
             tags["medzoo.cell"] = self.info.group
         if stage.resumed_after:
             tags["medzoo.resumed_after_epoch"] = str(stage.resumed_after)
-        run = self.client_run(stage, tags)
+        run = self._create_run(stage, tags)
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(run, params=items[i:i + 100])
 
-    def client_run(self, stage: StageRun, tags: dict[str, str]) -> str:
+    def _create_run(self, stage: StageRun, tags: dict[str, str]) -> str:
         exp = self._experiment_id()
         self.run_id = self.client.create_run(exp, run_name=stage.name, tags=tags).info.run_id
         return self.run_id
