@@ -47,6 +47,7 @@ COLUMNS = {
     "policies": ("name", "plugin", "description"),
     "sources": ("name", "plugin", "description"),
     "keymaps": ("name", "plugin", "description"),
+    "loggers": ("name", "extra", "plugin", "description"),
 }
 
 
@@ -234,8 +235,14 @@ def _workers_option(ctx, param, value):
                    "(recorded in the lineage).")
 @click.option("--trust-upstream", is_flag=True, help="Let a url: or catalogue source without a published checksum "
               "download and convert its pickled checkpoint once (restricted loader; same as MEDZOO_TRUST_UPSTREAM=1).")
+@click.option("--log", "log_", metavar="NAME[,NAME…]", help="Send each stage's run to experiment trackers: "
+              "tensorboard, mlflow (`medzoo list loggers`).")
+@click.option("--tracking-uri", metavar="URI", help="The tracking server (MLflow; default MLFLOW_TRACKING_URI, else "
+              "SQLite in $MEDZOO_HOME/mlruns).")
+@click.option("--experiment", "experiment_name", metavar="NAME", help="Group the runs under this experiment "
+              "(default 'medzoo').")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
-          skip_bad, allow_overlap, trust_upstream):
+          skip_bad, allow_overlap, trust_upstream, log_, tracking_uri, experiment_name):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
     import os
 
@@ -244,10 +251,14 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
     if trust_upstream:  # read by the weight source plugin, like --data-root's MEDZOO_DATA
         os.environ["MEDZOO_TRUST_UPSTREAM"] = "1"
 
+    if (tracking_uri or experiment_name) and not log_:
+        raise MedzooError("--tracking-uri and --experiment say where --log sends runs; add --log mlflow (or "
+                          "tensorboard) or drop them")
     roots = _data_roots(data_roots)
     runtime = Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
                       num_workers=workers, data_roots=roots, force=force, skip_bad=skip_bad,
-                      allow_overlap=allow_overlap)
+                      allow_overlap=allow_overlap, log=log_ or (), tracking_uri=tracking_uri,
+                      experiment=experiment_name)
     run_chain(arch, stages, overrides=list(sets), recipe_file=recipe_file, runtime=runtime)
 
 
@@ -312,7 +323,11 @@ def errors(name, dataset, split, right, data_roots, device, out, saliency):
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--check", is_flag=True, help="Resolve every cell (archs, chains, datasets, recipes) and print the "
               "plan; train nothing.")
-def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check):
+@click.option("--log", "log_", metavar="NAME[,NAME…]", help="Experiment trackers for every trained stage "
+              "(default: the grid's runtime 'log'); an MLflow experiment / a TensorBoard folder per grid.")
+@click.option("--tracking-uri", metavar="URI", help="The tracking server (MLflow; default MLFLOW_TRACKING_URI, else "
+              "SQLite in $MEDZOO_HOME/mlruns).")
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check, log_, tracking_uri):
     """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
 
     Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
@@ -324,7 +339,7 @@ def experiment(grid, seeds, out, device, precision, num_workers, data_roots, che
         return
 
     result = run_grid(grid, seeds=parse_seeds(seeds), out=out, data_roots=_data_roots(data_roots), device=device,
-                      precision=precision, num_workers=num_workers)
+                      precision=precision, num_workers=num_workers, log=log_, tracking_uri=tracking_uri)
     if result["failed"]:
         raise click.ClickException(f"{result['failed']} of {result['cells']} cells failed (see {result['report']}); "
                                    "rerun the same command to retry them")

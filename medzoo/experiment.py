@@ -28,7 +28,8 @@ from .registry import MedzooError, did_you_mean, registry
 GRID_KEYS = ("name", "description", "reference", "archs", "chains", "baseline", "targets", "seeds", "recipe",
              "metrics", "split", "bootstrap", "runtime")
 TARGET_KEYS = ("dataset", "archs", "set", "metrics")
-RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "skip_bad", "allow_overlap")
+RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "skip_bad", "allow_overlap", "log",
+                "tracking_uri")
 BOOL_RUNTIME_KEYS = ("channels_last", "skip_bad", "allow_overlap")
 CLASSIFICATION_METRICS = {"auc", "average_precision", "accuracy", "f1", "precision", "recall", "specificity", "rmse",
                           "auc_ci_low", "auc_ci_high"}
@@ -243,6 +244,13 @@ def _check_runtime(runtime: dict[str, Any], where: str) -> None:
         value = runtime.get(key)
         if value is not None and not isinstance(value, bool):
             raise _fail(where, f"runtime key '{key}' must be true or false, not '{value}'")
+    if runtime.get("log") is not None:
+        from .tracking import check_names
+
+        try:
+            check_names(runtime["log"])
+        except MedzooError as exc:
+            raise _fail(where, f"runtime key 'log': {exc}") from None
 
 
 def _check_source(stages: list[str], datasets: list[str], where: str) -> None:
@@ -342,6 +350,11 @@ def run_grid(path: str | Path, *, seeds: list[int] | None = None, out: str | Pat
     done = [c for c in todo if (r := read_cell(out, c, grid)) is not None and r["status"] == "ok"]
     pending = [c for c in todo if c not in done]
     runtime = {**grid.runtime, **{k: v for k, v in runtime_kw.items() if v is not None}}
+    if runtime.get("log"):  # a typo or a missing extra fails once here, not in every cell
+        from .tracking import RunInfo, open_loggers
+
+        open_loggers(runtime["log"], RunInfo(arch="", home=store.home(), experiment=grid.name,
+                                             tracking_uri=runtime.get("tracking_uri")))
     say = tqdm.write
     if done:
         say(f"[{grid.name}] {len(done)} of {len(todo)} cells already finished in {out}; running the other {len(pending)}")
@@ -369,8 +382,9 @@ def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runt
     started = time.time()
     rec: dict[str, Any] = {**asdict(cell), "cell": cell.id, "spec_hash": cell.spec_hash(grid)}
     try:
+        # trackers group the grid's runs: an MLflow experiment / a TensorBoard folder per grid, a cell per chain
         results = train(cell.arch, cell.stages, overrides=cell.overrides,
-                        runtime=Runtime(data_roots=data_roots, **runtime))
+                        runtime=Runtime(data_roots=data_roots, experiment=grid.name, run_group=cell.id, **runtime))
         last = results[-1]
         # the target by name: a path-given dataset is not in the checkpoint's metadata
         ev = evaluate(last.name, dataset=cell.dataset, split=grid.split, bootstrap=grid.bootstrap, seed=cell.seed,

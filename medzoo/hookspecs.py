@@ -35,3 +35,8 @@ def register_key_maps(register):
 @hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``medzoo`` command line group ``cli``."""
+
+
+@hookspec
+def register_loggers(register):
+    """Register experiment trackers for ``train --log``: call ``register(LoggerSpec(...))`` for each."""

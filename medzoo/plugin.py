@@ -8,14 +8,16 @@ below is public and documented here; its own docstring has the details.
 
 Hooks and specs
     ``hookimpl``: marks a plugin module's hook functions (``register_archs(register)``, ``register_datasets``,
-    ``register_freeze_policies``, ``register_weight_sources``, ``register_key_maps``, ``register_commands(cli)``).
-    ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``: what a hook
-    registers (frozen dataclasses; ``medzoo info NAME`` prints their fields). Names are global per kind: a name
+    ``register_freeze_policies``, ``register_weight_sources``, ``register_key_maps``,
+    ``register_loggers``, ``register_commands(cli)``).
+    ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``, ``LoggerSpec``: what
+    a hook registers (frozen dataclasses; ``medzoo info NAME`` prints their fields). Names are global per kind: a name
     another plugin already has is disabled with a warning (medzoo's own plugins win).
     ``Ref``: a resolved name — ``spec`` (the registered spec), ``arg`` (text after ':' or None), ``options``
     (``@key=value`` pairs, text) and ``name`` (as written). A weight source's ``load(arch=…)`` receives one.
     ``registry()``: the process-wide registry; ``registry().resolve(kind, name) -> Ref`` with ``kind`` one of
-    ``archs``, ``datasets``, ``policies``, ``sources``, ``keymaps`` (refuses unknown names with a did-you-mean).
+    ``archs``, ``datasets``, ``policies``, ``sources``, ``keymaps``, ``loggers`` (refuses unknown names with a
+    did-you-mean).
 
 Errors and messages
     ``MedzooError``: raise it for anything the user can fix; its text is one line naming the problem and the fix
@@ -76,6 +78,11 @@ Files
     data)``: readers see the old content or the new, never a part.
     ``download_file(url, dest, md5=)``: a resumable, md5-checked download into place (a dataset's
     ``download``); ``md5_file(path)``.
+
+Experiment trackers (``train --log``; docs/tracking.md)
+    ``LoggerSpec.create(RunInfo)`` returns a ``Logger``: ``start(StageRun, params, lineage)``, ``log_epoch(epoch,
+    metrics)``, ``end(Outcome)``. ``RunInfo``: the chain (arch, experiment, group, tracking URI); ``StageRun``: one
+    trained stage (name, dataset, key, seed); ``Outcome``: how it ended (status, checkpoint, lineage, history).
 """
 
 from __future__ import annotations
@@ -125,6 +132,7 @@ from .registry import (
     DatasetSpec,
     FreezePolicySpec,
     KeyMapSpec,
+    LoggerSpec,
     MedzooError,
     MedzooWarning,
     Ref,
@@ -138,6 +146,7 @@ from .store import CONFIG as CHECKPOINT_CONFIG
 from .store import WEIGHTS as CHECKPOINT_WEIGHTS
 from .store import atomic_write, read_checkpoint, slug
 from .store import home as medzoo_home
+from .tracking import Logger, Outcome, RunInfo, StageRun
 from .weights import load_file as load_safetensors
 from .weights import read as read_weights
 from .weights import sha256_file
@@ -147,6 +156,8 @@ from .zoo import read_weights as read_located_weights
 __all__ = [
     # hooks and specs
     "hookimpl", "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "KeyMapSpec", "Ref", "registry",
+    # experiment trackers (`train --log`)
+    "LoggerSpec", "Logger", "RunInfo", "StageRun", "Outcome",
     # errors and messages
     "MedzooError", "MedzooWarning", "did_you_mean", "log",
     # data

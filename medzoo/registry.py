@@ -141,6 +141,20 @@ class KeyMapSpec:
 
 
 @dataclass(frozen=True)
+class LoggerSpec:
+    """An experiment tracker for ``medzoo train --log NAME``. ``create(run_info)`` (a ``medzoo.tracking.RunInfo``)
+    is called once per chain before anything trains and returns a ``medzoo.tracking.Logger``; it writes nothing
+    and contacts no server (that waits for ``start``), and raises MedzooError when its library is missing (naming
+    ``pip install 'medzoo[<extra>]'``), so a missing extra fails before the first epoch, not after it."""
+
+    name: str
+    create: Callable[..., Any]
+    description: str = ""
+    extra: str = ""  # the optional dependency group that installs its library
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
 class Kind:
     key: str
     noun: str
@@ -156,6 +170,7 @@ KINDS: dict[str, Kind] = {
         Kind("policies", "freeze policy", FreezePolicySpec, "register_freeze_policies"),
         Kind("sources", "weight source", WeightSourceSpec, "register_weight_sources"),
         Kind("keymaps", "checkpoint key map", KeyMapSpec, "register_key_maps"),
+        Kind("loggers", "logger", LoggerSpec, "register_loggers"),
     )
 }
 

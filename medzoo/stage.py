@@ -24,6 +24,7 @@ from .lineage import Lineage, StageRecord
 from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
                       segmentation_metrics, write_history)
 from .registry import MedzooError, registry
+from .tracking import Loggers
 
 
 @dataclass
@@ -39,6 +40,10 @@ class Runtime:
     force: bool = False
     skip_bad: bool = False  # leave out unreadable files and rows (counted and listed) instead of failing
     allow_overlap: bool = False  # train although val/test images appear in an earlier stage's training data
+    log: str | list[str] | tuple[str, ...] = ()  # --log: experiment trackers (registered loggers), e.g. ("mlflow",)
+    tracking_uri: str | None = None  # --tracking-uri: a tracker's server (MLflow); default a local store
+    experiment: str | None = None  # groups the runs (an MLflow experiment, a TensorBoard folder); default 'medzoo'
+    run_group: str = ""  # the grid cell a chain belongs to (set by `medzoo experiment`)
 
 
 @dataclass
@@ -87,6 +92,8 @@ def _barrier() -> None:
 
 class StageTrainer:
     overlap: dict | None = None  # {"allowed", "pairs", "examples"}: set by the chain when --allow-overlap was needed
+    loggers: Loggers = Loggers()  # --log trackers and the stage's place in the chain: set by the chain
+    stage_index: int = 1
 
     def __init__(self, arch_ref, parent, dataset, source, recipe, runtime, name, key):
         self.arch_ref, self.parent, self.dataset, self.source = arch_ref, parent, dataset, source
@@ -313,6 +320,7 @@ class StageTrainer:
         if self.transfer is not None and start == 0:
             log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
                 + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
+        self.loggers.stage_started(self, history, self.stage_index)
         net = torch.compile(self.model) if self.runtime.compile else self.model
         stopped_early = False
         for epoch in range(start, r["epochs"]):
@@ -334,6 +342,7 @@ class StageTrainer:
                    **{f"val_{k}": v for k, v in val.items()}, "trainable_params": trainable,
                    "seconds": round(time.time() - te, 2)}
             history.append(row)
+            self.loggers.epoch(row)
             value = val[self.metric]
             improved = best["value"] is None or (value < best["value"] if self.metric == "loss" else value > best["value"])
             if improved:
@@ -360,6 +369,7 @@ class StageTrainer:
         self.model.load_state_dict(best_state)
         seconds = time.time() - t0 + sum(h["seconds"] for h in history[: start])
         path, sha = self._write(best, history, seconds)
+        self.loggers.stage_ended(path, self.metric, best, len(history))
         result = StageResult(path.name, path, self.dataset, False, self.metric, best["value"], len(history),
                              seconds, sha)
         lineage = self._lineage(best, history, seconds, sha)

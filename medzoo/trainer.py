@@ -22,6 +22,7 @@ from .lineage import Lineage, SourceRecord
 from .overlap import check_chain
 from .registry import MedzooError, Ref, did_you_mean, registry
 from .stage import Parent, Runtime, StageResult, StageTrainer, log  # noqa: F401 — StageTrainer re-exported
+from .tracking import Loggers, RunInfo, open_loggers
 
 FORMAT = 1  # bump when a change to training makes old checkpoints non-reusable
 
@@ -56,6 +57,11 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
                           "add a dataset, e.g. --stages imagenet,phantom_agg")
     for d in datasets:
         registry().resolve("datasets", d)
+    # created on every rank (a typo or a missing extra fails everywhere alike, before any data is opened);
+    # only rank 0 logs
+    loggers = open_loggers(runtime.log, RunInfo(arch=arch_ref.name, home=store.home(),
+                                                experiment=runtime.experiment or "medzoo", group=runtime.run_group,
+                                                tracking_uri=runtime.tracking_uri))
     sets = overrides if isinstance(overrides, dict) else mzrecipe.parse_sets(overrides, datasets)
     file = mzrecipe.read_recipe_file(recipe_file)
     # Open and check every dataset and recipe before anything trains: a typo in the last stage must not
@@ -82,7 +88,8 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     parent = _start(classifier_of(arch_ref), first, {a.name for a in stage_archs})
     results = []
     for i, (dataset, recipe, source, stage_arch) in enumerate(zip(datasets, recipes, source_of, stage_archs)):
-        result, parent = _run_stage(stage_arch, parent, dataset, source, recipe, runtime, overlaps.get(i))
+        result, parent = _run_stage(stage_arch, parent, dataset, source, recipe, runtime, overlaps.get(i),
+                                    loggers, i + 1)
         results.append(result)
     _summary(results)
     return results
@@ -193,7 +200,8 @@ def _reusable(name: str, key: str) -> store.Checkpoint | None:
 # -- one stage ----------------------------------------------------------------------------------
 
 def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataSource, recipe: dict,
-               runtime: Runtime, overlap: dict | None = None) -> tuple[StageResult, Parent]:
+               runtime: Runtime, overlap: dict | None = None, loggers: Loggers | None = None,
+               index: int = 1) -> tuple[StageResult, Parent]:
     fingerprint = source.fingerprint()
     name = store.stage_name(parent.name, dataset, fingerprint)
     if arch_ref.name != parent.arch:  # classifier → segmentation: the name says which model it now is
@@ -213,6 +221,13 @@ def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataS
                               f"checkpoint '{found.name}'")
     trainer = StageTrainer(arch_ref, parent, dataset, source, recipe, runtime, name, key)
     trainer.overlap = overlap
+    if loggers:
+        trainer.loggers, trainer.stage_index = loggers, index
+        try:
+            return trainer.run()
+        except BaseException as exc:  # the tracker's run is closed as failed/killed, then the error goes on
+            loggers.stage_failed(exc)
+            raise
     return trainer.run()
 
 

@@ -21,6 +21,9 @@ ELSEWHERE = {
     "medzoo experiment experiments/phantom.yaml --seeds 0,1":
         "tests/test_experiment.py::grid_run (the same grid and seeds through the CLI, killed and resumed)",
     "medzoo report runs/phantom": "tests/test_experiment.py::test_report_has_a_table_per_target_with_p_values_and_rebuilds",
+    "medzoo experiment experiments/phantom.yaml --seeds 0 --log tensorboard,mlflow":
+        "tests/test_tracking.py::test_a_grid_is_one_mlflow_experiment_and_one_tensorboard_folder_with_a_run_per_"
+        "trained_stage (the same command, runs read back with MlflowClient and EventAccumulator)",
     "medzoo publish NAME --repo-id ORG/NAME --license cc-by-4.0":
         "tests/test_provenance.py::test_an_unknown_licence_makes_publish_refuse_unless_named (refused without "
         "--license, carded with it) and tests/test_zoo_hub.py (the upload itself, to the Hub test double)",
@@ -63,6 +66,8 @@ COMMANDS = {
     "medzoo card NAME": ["card", "resnet18.scratch-phantom_agg-phantom_lesion"],
     "medzoo publish NAME --repo-id ORG/NAME [--dry-run]":
         ["publish", "resnet18.scratch-phantom_agg-phantom_lesion", "--repo-id", "my-lab/resnet18-phantom", "--dry-run"],
+    "medzoo train resnet18 --stages scratch,phantom_lesion --log tensorboard,mlflow":
+        ["train", "resnet18", "--stages", "scratch,phantom_lesion", "--log", "tensorboard,mlflow", *FAST],
     "medzoo errors resnet18.scratch-phantom_lesion": ["errors", "resnet18.scratch-phantom_lesion"],
     "medzoo experiment experiments/phantom.yaml --check": ["experiment", str(ROOT / "experiments" / "phantom.yaml"),
                                                            "--check"],
@@ -90,6 +95,13 @@ def test_readme_commands(tmp_path):
     assert out["medzoo card NAME"].startswith("---")
     assert "model.safetensors" in out["medzoo publish NAME --repo-id ORG/NAME [--dry-run]"]
     assert ".html" in out["medzoo errors resnet18.scratch-phantom_lesion"]
+    home = tmp_path / "home"  # the tracked stage, before `errors` reused it: one run in each tracker
+    assert len(list((home / "tensorboard" / "medzoo").glob("resnet18.scratch_phantom_lesion~*/events.out.*"))) == 1
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
+    assert run.data.tags["medzoo.checkpoint"] == "resnet18.scratch-phantom_lesion"
     assert out["medzoo experiment experiments/phantom.yaml --check"].startswith("grid 'phantom': 8 cells")
 
 
