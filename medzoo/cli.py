@@ -47,6 +47,8 @@ COLUMNS = {
     "policies": ("name", "plugin", "description"),
     "sources": ("name", "plugin", "description"),
     "keymaps": ("name", "plugin", "description"),
+    "steps": ("name", "plugin", "description"),
+    "readers": ("name", "plugin", "description"),
 }
 
 

@@ -35,3 +35,13 @@ def register_key_maps(register):
 @hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``medzoo`` command line group ``cli``."""
+
+
+@hookspec
+def register_preprocess_steps(register):
+    """Register named preprocessing steps for ``PreprocessConfig.steps``: call ``register(PreprocessStepSpec(...))``."""
+
+
+@hookspec
+def register_readers(register):
+    """Register image file readers for ``medzoo predict``: call ``register(ReaderSpec(...))``."""

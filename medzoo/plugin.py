@@ -6,7 +6,8 @@ commands is here; the rest of ``medzoo`` is internal and may change without noti
 docs/plugins.md walks through a complete plugin written against it.
 
 - Hooks: ``hookimpl`` marks the functions of a plugin module (see ``medzoo.hookspecs``).
-- Specs: ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``.
+- Specs: ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``,
+  ``PreprocessStepSpec`` (a named cache preprocessing step), ``ReaderSpec`` (an image file reader for predict).
 - Errors: raise ``MedzooError`` for anything the user can fix (one line: the problem and the fix); warn with
   ``MedzooWarning``.
 - Data: subclass ``DataSource`` (or use ``ArraySource``) holding ``Record`` items; ``bad_input`` reports an
@@ -61,6 +62,8 @@ from .registry import (
     KeyMapSpec,
     MedzooError,
     MedzooWarning,
+    PreprocessStepSpec,
+    ReaderSpec,
     WeightSourceSpec,
     did_you_mean,
     registry,
@@ -86,7 +89,7 @@ __all__ = [
     "assign_splits", "split_official", "check_leakage", "bad_input", "file_digests",
     # preprocessing and caches
     "PreprocessConfig", "fit_pair", "to_channels", "cache_home", "tmp_folder", "clean_stale_tmp", "truncate_npy",
-    "RECIPE_DEFAULTS",
+    "RECIPE_DEFAULTS", "PreprocessStepSpec", "ReaderSpec",
     # near-duplicate hashing (dataset builders)
     "HASH_DTYPE", "Hashes", "HashIndex", "exact_hash", "grey8", "phash",
     # licences

@@ -11,6 +11,7 @@ import numpy as np
 from medzoo.plugin import (
     DatasetSpec,
     MedzooError,
+    PreprocessStepSpec,
     Record,
     assign_splits,
     bad_input,
@@ -22,6 +23,8 @@ from medzoo.plugin import (
 
 from .imaging import (
     FileSource,
+    breast_mask,
+    canonical_side,
     dicom_header,
     find_dir,
     read_csv_rows,
@@ -30,7 +33,7 @@ from .imaging import (
     recipe,
 )
 
-MAMMO_PREPROCESS = {"size": 512, "channels": 1, "breast_mask": True, "flip_to": "left", "clahe": 1.5}
+MAMMO_PREPROCESS = {"size": 512, "channels": 1, "steps": ["breast_mask", "flip_to:left"], "clahe": 1.5}
 MAMMO_RECIPE = recipe(epochs=30, batch_size=16, lr=1e-4, image_size=448, augment="medium", class_weights=True,
                       patience=10, preprocess=MAMMO_PREPROCESS)
 BENIGN_MALIGNANT = ("benign", "malignant")
@@ -284,3 +287,17 @@ def register_datasets(register):
         takes_arg=True, arg_required=False, arg_help="mass|calc",
         recipe=recipe(epochs=30, batch_size=32, lr=1e-4, augment="strong", class_weights=True,
                       preprocess={"size": 256, "channels": 1, "clahe": 1.5})))
+
+
+# -- preprocessing steps ---------------------------------------------------------------------------
+
+@hookimpl
+def register_preprocess_steps(register):
+    register(PreprocessStepSpec(
+        name="breast_mask", apply=lambda img, mask, arg: (breast_mask(img), mask),
+        description="mammograms: keep the largest bright component (the breast); burnt-in labels, markers and "
+                    "scanner text go"))
+    register(PreprocessStepSpec(
+        name="flip_to", apply=lambda img, mask, arg: canonical_side(img, arg, mask), takes_arg=True,
+        arg_help="left|right", choices={"left": "breasts face the left edge", "right": "breasts face the right edge"},
+        description="mammograms: mirror the image (and mask) so the breast lies on one side"))

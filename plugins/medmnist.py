@@ -29,7 +29,7 @@ from medzoo.plugin import (
     url_of,
 )
 
-from .imaging import preprocess_steps, recipe
+from .imaging import recipe
 
 # flag -> (task, modality, body part, licence id, labels). The labels are those of the medmnist package's INFO
 # (3.0); INFO itself is used when the package is installed.
@@ -139,8 +139,7 @@ def unpack_npz(npz: Path) -> Path:
 
 
 class MedmnistSource(ArraySource):
-    def domain_steps(self, img, mask, cfg):
-        return preprocess_steps(img, mask, cfg)
+    pass
 
 
 def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
