@@ -34,11 +34,6 @@ CACHE_VERSION = 1
 FITS = ("pad", "crop", "stretch")
 
 
-# What schema-1/2 lineages and recipes recorded as fields before steps existed: ``breast_mask: true`` and
-# ``flip_to: left`` are the steps ``breast_mask`` and ``flip_to:left``, in that order (the order they ran in).
-LEGACY_STEP_FIELDS = ("breast_mask", "flip_to")
-
-
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The deterministic preprocessing stored in the cache: the named ``steps`` (registered by plugins,
@@ -62,18 +57,13 @@ class PreprocessConfig:
             raise MedzooError(f"preprocess size {self.size} is out of range (8..8192)")
         if isinstance(self.steps, str) or not all(isinstance(s, str) for s in self.steps):
             raise MedzooError(f"preprocess steps must be a list of step names, not {self.steps!r}; "
-                              "write e.g. steps: [breast_mask, 'flip_to:left']")
+                              "write a list of names (`medzoo list steps` shows them)")
         object.__setattr__(self, "steps", tuple(self.steps))
         step_refs(self)  # unknown names and bad arguments fail when the config is read, not mid-build
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
-        d = dict(d or {})
-        legacy = [s for s in (("breast_mask" if d.pop("breast_mask", False) else None),
-                              (f"flip_to:{d['flip_to']}" if d.get("flip_to") else None)) if s]
-        d.pop("flip_to", None)
-        if legacy:
-            d["steps"] = [*legacy, *d.get("steps", ())]
+        d = _legacy_steps(dict(d or {}))
         names = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in names:
@@ -83,6 +73,27 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "steps": list(self.steps)}
+
+
+def _legacy_steps(d: dict[str, Any]) -> dict[str, Any]:
+    """Old lineages and recipes recorded some steps as config fields (``breast_mask: true``, ``flip_to: left``,
+    named by the step's ``legacy_field``): the one place they become steps, in the order they always ran."""
+    from .registry import registry
+
+    legacy = []
+    for spec in registry().entries["steps"].values():  # registration order: the order the fields' code ran in
+        if spec.legacy_field and spec.legacy_field in d:
+            value = d.pop(spec.legacy_field)
+            if value is True:
+                legacy.append(spec.name)
+            elif isinstance(value, str) and value:
+                legacy.append(f"{spec.name}:{value}")
+            elif value not in (False, None, ""):
+                raise MedzooError(f"preprocess option '{spec.legacy_field}' is {value!r}; write the step "
+                                  f"'{spec.name}' in steps instead")
+    if legacy:
+        d["steps"] = [*legacy, *d.get("steps", ())]
+    return d
 
 
 def step_refs(cfg: PreprocessConfig) -> list:

@@ -146,6 +146,9 @@ class PreprocessStepSpec:
     choices: Mapping[str, str] = field(default_factory=dict)
     check: Callable[[str | None], Any] | None = None
     version: int = 1
+    # the PreprocessConfig field this step replaced, read from old lineages and recipes: true -> the step,
+    # a string -> ``name:value``; such fields become steps in the order their steps were registered
+    legacy_field: str = ""
     plugin: str = ""
 
 

@@ -293,11 +293,13 @@ def register_datasets(register):
 
 @hookimpl
 def register_preprocess_steps(register):
+    # registered in the order they ran when they were PreprocessConfig fields: old configs map in this order
     register(PreprocessStepSpec(
-        name="breast_mask", apply=lambda img, mask, arg: (breast_mask(img), mask),
+        name="breast_mask", apply=lambda img, mask, arg: (breast_mask(img), mask), legacy_field="breast_mask",
         description="mammograms: keep the largest bright component (the breast); burnt-in labels, markers and "
                     "scanner text go"))
     register(PreprocessStepSpec(
         name="flip_to", apply=lambda img, mask, arg: canonical_side(img, arg, mask), takes_arg=True,
+        legacy_field="flip_to",
         arg_help="left|right", choices={"left": "breasts face the left edge", "right": "breasts face the right edge"},
         description="mammograms: mirror the image (and mask) so the breast lies on one side"))

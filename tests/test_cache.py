@@ -79,6 +79,10 @@ def test_old_breast_mask_flip_to_fields_read_as_steps(tmp_path):
     assert old == new and old.to_dict()["steps"] == ["breast_mask", "flip_to:left"]
     assert "breast_mask" not in old.to_dict() and "flip_to" not in old.to_dict()
     assert PreprocessConfig.from_dict({"breast_mask": False, "flip_to": None}).steps == ()
+    # they always ran mask first, whatever order a file lists them in
+    assert PreprocessConfig.from_dict({"flip_to": "right", "breast_mask": True}).steps == ("breast_mask", "flip_to:right")
+    with pytest.raises(MedzooError, match="unknown preprocessing step 'flip_to:up'"):
+        PreprocessConfig.from_dict({"flip_to": "up"})
     src = ArraySource("arr", "classification", ["a"], [Record("0", 0, "train", meta={"index": 0})],
                       images=[np.zeros((40, 40), np.uint8)])
     assert cache_key(src, old) == cache_key(src, new)

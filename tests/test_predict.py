@@ -45,6 +45,13 @@ def test_predict_on_dicoms_matches_evaluate(inbreast, tmp_path):
         for c in ("benign", "malignant"):
             assert abs(row[f"p_{c}"] - float(want[f"p_{c}"])) < 2e-6
         assert row["predicted"] == ["benign", "malignant"][int(want["predicted"])]
+    # a checkpoint written before steps existed recorded them as fields: read as the same steps
+    ckpt = store.read_checkpoint(store.get_local(name).path)
+    ckpt.lineage.stages[-1].recipe["preprocess"] = {"size": 512, "channels": 1, "breast_mask": True,
+                                                    "flip_to": "left", "clahe": 1.5}
+    store.write_config(ckpt.path, ckpt.config, ckpt.lineage)
+    assert '"breast_mask": true' in (ckpt.path / store.CONFIG).read_text()
+    assert medzoo.predict(name, [dicoms / i for i in expected]) == preds
     # a CSV of paths (relative to the CSV's folder) and a folder give the same rows, in the order given
     folder = tmp_path / "new"
     (folder / "sub").mkdir(parents=True)
