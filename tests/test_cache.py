@@ -109,3 +109,13 @@ def test_cached_segmentation_through_torch_dataset_with_strong_augmentation(tmp_
         augment_params("strnog")
     with pytest.raises(MedzooError, match="bad augmentation option 'spin=1'"):
         augment_params("light,spin=1")
+
+
+def test_a_misspelt_step_in_a_recipe_fails_before_any_stage_trains():
+    import medzoo
+    from medzoo import store
+
+    with pytest.raises(MedzooError, match="unknown preprocessing step 'breast_msk'; did you mean 'breast_mask'"):
+        medzoo.train("timm:test_resnet", "scratch,phantom_agg,phantom_lesion",
+                     overrides=["epochs=1", "image_size=32", "phantom_lesion.preprocess={size: 32, steps: [breast_msk]}"])
+    assert not store.list_local()
