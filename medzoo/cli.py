@@ -426,7 +426,7 @@ def predict_cmd(name, paths, out, masks, batch_size, device, skip_bad, data_root
 
 @cli.group("data")
 def data_group():
-    """Work with datasets' files."""
+    """Download, check, cache, build and export datasets."""
 
 
 @data_group.command("export")

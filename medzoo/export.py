@@ -69,7 +69,8 @@ def export_split(dataset: str, out: str | os.PathLike, *, split: str = "test", l
                 except MedzooError as exc:
                     mzdata.bad_input(r.id, str(exc))
                     continue
-                w.writerow([f"images/{name}", r.id, r.patient or "", _label(r.label, source), *([f"masks/{name}"] if seg else [])])
+                w.writerow([f"images/{name}", r.id, r.patient or "", _label(r.label, source),
+                            *([f"masks/{name}"] if seg else [])])
                 n += 1
         (tmp / "labels.csv").write_text(buf.getvalue())
         if out.exists():

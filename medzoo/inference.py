@@ -64,7 +64,8 @@ def reader_for(path: Path):
 
 def gather(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike | None = None) -> list[Path]:
     """Image files from files, folders (recursive, hidden entries skipped) and CSVs of paths (a ``path``
-    (or ``file``) column, else the first; relative paths against ``root``, else the CSV's folder), in the order given."""
+    (or ``file``) column, else the first; relative paths against ``root``, else the CSV's folder), in the
+    order given."""
     out: list[Path] = []
     if not paths:
         raise MedzooError("no input: name image files, folders or a CSV of paths")
@@ -205,7 +206,8 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
     if not rows:
         raise MedzooError(f"no image could be read ({len(skipped)} skipped: {skipped[0] if skipped else ''}); "
                           "check the inputs")
-    return Predictions(rows, classes=classes, task=task, skipped=list(skipped), checkpoint=lin.name or str(model_or_name))
+    return Predictions(rows, classes=classes, task=task, skipped=list(skipped),
+                       checkpoint=lin.name or str(model_or_name))
 
 
 def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model, *, start_index: int, mask_dir) -> list[dict]:
@@ -280,7 +282,8 @@ def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "prediction
     if model.medzoo_lineage.task == "segmentation":
         mask_final = Path(masks) if masks else out.with_name(out.stem + "-masks")
         if mask_final.exists() and not _our_masks(out, mask_final):
-            raise MedzooError(f"{mask_final} exists and is not a mask folder medzoo predict wrote; pick another --masks")
+            raise MedzooError(f"{mask_final} exists and is not a mask folder medzoo predict wrote; "
+                              "pick another --masks")
         tmp_masks = store.new_tmp_dir(mask_final.parent, mask_final.name)
     try:
         preds = predict(model, paths, batch_size=batch_size, skip_bad=skip_bad, root=root, mask_dir=tmp_masks)

@@ -120,8 +120,10 @@ def test_segmentation_masks_written_for_exported_images(tmp_path, monkeypatch):
 
     for r in rows:
         mask = np.asarray(Image.open(r["mask"]))
-        assert mask.shape == (32, 32) and mask.dtype == np.uint8 and int(mask.max()) < len(store.get_local(name).lineage.last.classes)
-    assert sorted(p.name for p in (tmp_path / "seg-masks").iterdir()) == sorted(r["mask"].rsplit("/", 1)[-1] for r in rows)
+        assert mask.shape == (32, 32) and mask.dtype == np.uint8
+        assert int(mask.max()) < len(store.get_local(name).lineage.last.classes)
+    written = sorted(p.name for p in (tmp_path / "seg-masks").iterdir())
+    assert written == sorted(r["mask"].rsplit("/", 1)[-1] for r in rows)
 
 
 def test_export_writes_png_and_labels_that_predict_reads(tmp_path):
