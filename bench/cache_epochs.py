@@ -14,7 +14,7 @@ import common
 import gen
 
 SHAPE = (3328, 2560)
-PREPROCESS = {"size": 512, "channels": 1, "dtype": "uint16", "clahe": 1.5, "breast_mask": True, "flip_to": "left"}
+PREPROCESS = {"size": 512, "channels": 1, "dtype": "uint16", "clahe": 1.5, "steps": ["breast_mask", "flip_to:left"]}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from .models import create_model
 from .trainer import Runtime, StageResult, train
 from .zoo import load, transforms_for
 from .evaluation import evaluate  # the module is medzoo.evaluation; medzoo.evaluate is the function
+from .inference import predict  # the module is medzoo.inference; medzoo.predict is the function
 
 
 def list_archs() -> list[ArchSpec]:
@@ -50,6 +51,6 @@ def get_source(name: str) -> WeightSourceSpec:
 
 __all__ = [
     "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "MedzooError", "hookimpl",
-    "create_model", "load", "transforms_for", "train", "evaluate", "Runtime", "StageResult", "get_arch", "get_dataset", "get_policy", "get_source",
+    "create_model", "load", "transforms_for", "train", "evaluate", "predict", "Runtime", "StageResult", "get_arch", "get_dataset", "get_policy", "get_source",
     "list_archs", "list_datasets", "list_policies", "list_sources", "__version__",
 ]

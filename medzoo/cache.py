@@ -36,15 +36,15 @@ FITS = ("pad", "crop", "stretch")
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """The deterministic preprocessing stored in the cache."""
+    """The deterministic preprocessing stored in the cache: the named ``steps`` (registered by plugins,
+    ``medzoo list steps``) in order, then CLAHE, then the fit to ``size``, channels and dtype."""
 
     size: int = 256  # side of the square cached image; train at a smaller image_size to leave room for crops
     fit: str = "pad"  # pad: keep the aspect and pad; crop: keep the aspect and centre-crop; stretch: ignore it
     channels: int | None = None  # 1 or 3; None: the dataset's own (grey datasets 1, RGB ones 3)
     dtype: str = "uint8"  # uint8 | uint16 (keeps 16-bit mammograms' depth)
-    clahe: float = 0.0  # CLAHE clip limit (OpenCV), 0 = off
-    breast_mask: bool = False  # mammograms: keep the largest bright component, drop labels and markers
-    flip_to: str | None = None  # mammograms: 'left' or 'right': mirror breasts so all face one side
+    clahe: float = 0.0  # CLAHE clip limit (OpenCV), 0 = off; runs as the registered step 'clahe' after ``steps``
+    steps: tuple[str, ...] = ()  # named steps, e.g. ("breast_mask", "flip_to:left"), run on the raw pixels
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -53,22 +53,71 @@ class PreprocessConfig:
             raise MedzooError(f"preprocess channels must be 1 or 3, not {self.channels}")
         if self.dtype not in ("uint8", "uint16"):
             raise MedzooError(f"preprocess dtype must be uint8 or uint16, not {self.dtype}")
-        if self.flip_to not in (None, "left", "right"):
-            raise MedzooError(f"preprocess flip_to must be 'left' or 'right', not {self.flip_to}")
         if not 8 <= int(self.size) <= 8192:
             raise MedzooError(f"preprocess size {self.size} is out of range (8..8192)")
+        if isinstance(self.steps, str) or not all(isinstance(s, str) for s in self.steps):
+            raise MedzooError(f"preprocess steps must be a list of step names, not {self.steps!r}; "
+                              "write a list of names (`medzoo list steps` shows them)")
+        object.__setattr__(self, "steps", tuple(self.steps))
+        step_refs(self)  # unknown names and bad arguments fail when the config is read, not mid-build
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
+        d = _legacy_steps(dict(d or {}))
         names = [f.name for f in dataclasses.fields(cls)]
-        for key in d or {}:
+        for key in d:
             if key not in names:
                 raise MedzooError(f"unknown preprocess option '{key}'{did_you_mean(key, names)}; "
                                   f"options: {', '.join(names)}")
-        return cls(**dict(d or {}))
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "steps": list(self.steps)}
+
+
+def _legacy_steps(d: dict[str, Any]) -> dict[str, Any]:
+    """Old lineages and recipes recorded some steps as config fields (``breast_mask: true``, ``flip_to: left``,
+    named by the step's ``legacy_field``): the one place they become steps, in the order they always ran."""
+    from .registry import registry
+
+    legacy = []
+    for spec in registry().entries["steps"].values():  # registration order: the order the fields' code ran in
+        if spec.legacy_field and spec.legacy_field in d:
+            value = d.pop(spec.legacy_field)
+            if value is True:
+                legacy.append(spec.name)
+            elif isinstance(value, str) and value:
+                legacy.append(f"{spec.name}:{value}")
+            elif value not in (False, None, ""):
+                raise MedzooError(f"preprocess option '{spec.legacy_field}' is {value!r}; write the step "
+                                  f"'{spec.name}' in steps instead")
+    if legacy:
+        d["steps"] = [*legacy, *d.get("steps", ())]
+    return d
+
+
+def step_refs(cfg: PreprocessConfig) -> list:
+    """The registry entries of ``cfg``'s steps in the order they run: ``cfg.steps``, then CLAHE."""
+    from .registry import registry
+
+    names = [*cfg.steps, *([f"clahe:{cfg.clahe:g}"] if cfg.clahe else [])]
+    refs = [registry().resolve("steps", n) for n in names]
+    for ref in refs:
+        if ref.spec.check is not None:
+            ref.spec.check(ref.arg)
+    return refs
+
+
+def apply_steps(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig):
+    """Run ``cfg``'s named steps (and CLAHE) on raw pixels and their mask: the domain part of ``prepare``."""
+    for ref in step_refs(cfg):
+        img, mask = ref.spec.apply(img, mask, ref.arg)
+    return img, mask
+
+
+def step_versions(cfg: PreprocessConfig) -> dict[str, int]:
+    """Each step's code version, part of the cache key: a plugin that changes a step's output bumps it."""
+    return {ref.spec.name: ref.spec.version for ref in step_refs(cfg)}
 
 
 def cache_home() -> Path:
@@ -145,7 +194,8 @@ def fit_pair(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig, *,
 def cache_key(source: DataSource, cfg: PreprocessConfig, skip_bad: bool = False) -> str:
     # skip_bad is part of the key: a cache that left out unreadable files must never serve a run that
     # would have refused them, nor the reverse
-    blob = json.dumps({"version": CACHE_VERSION, "config": cfg.to_dict(), "fingerprint": source.fingerprint(),
+    blob = json.dumps({"version": CACHE_VERSION, "config": cfg.to_dict(), "steps": step_versions(cfg),
+                       "fingerprint": source.fingerprint(),
                        "skip_bad": bool(skip_bad), "reader": type(source).__qualname__,
                        "reader_version": getattr(source, "preprocess_version", 0)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -234,6 +284,7 @@ class CachedSource(DataSource):
         """What training reads: the raw data's identity, the preprocessing, and the images the build left
         out under --skip-bad."""
         blob = json.dumps({"data": self.source.fingerprint(), "preprocess": self.cfg.to_dict(),
+                           "steps": step_versions(self.cfg),
                            "reader_version": getattr(self.source, "preprocess_version", 0),
                            "skipped": sorted(self.meta.get("skipped", []))},
                           sort_keys=True)

@@ -48,6 +48,8 @@ COLUMNS = {
     "sources": ("name", "plugin", "description"),
     "keymaps": ("name", "plugin", "description"),
     "loggers": ("name", "extra", "plugin", "description"),
+    "steps": ("name", "plugin", "description"),
+    "readers": ("name", "plugin", "description"),
 }
 
 
@@ -412,6 +414,55 @@ def card(name, repo_id, out, license_):
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+# -- inference on new images, and exporting a split's images (medzoo.inference, medzoo.export) ---------
+
+@cli.command("predict")
+@click.argument("name")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV to write: path, p_<class> per class, predicted (segmentation: path, mask).")
+@click.option("--masks", type=click.Path(file_okay=False), help="Segmentation: folder for the mask PNGs "
+              "(default: OUT's name without .csv, plus -masks).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
+@click.option("--skip-bad", is_flag=True, help="Leave out files that cannot be read (with a warning) instead of "
+              "stopping.")
+@click.option("--data-root", "data_root", type=click.Path(file_okay=False),
+              help="Folder that relative paths in a CSV of paths are under (default: the CSV's folder).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT that medzoo predict did not write.")
+def predict_cmd(name, paths, out, masks, batch_size, device, skip_bad, data_root, overwrite):
+    """Run checkpoint NAME on image files, folders (recursive) or CSVs of paths, with the preprocessing it was
+    trained with (read from its lineage)."""
+    from .inference import run
+
+    path, preds = run(name, list(paths), out=out, masks=masks, batch_size=batch_size, device=device,
+                      skip_bad=skip_bad, root=data_root, overwrite=overwrite)
+    skipped = f" ({len(preds.skipped)} skipped)" if preds.skipped else ""
+    click.echo(f"[{preds.checkpoint}] {len(preds)} predictions{skipped}: {path}")
+
+
+@cli.group("data")
+def data_group():
+    """Download, check, cache, build and export datasets."""
+
+
+@data_group.command("export")
+@click.argument("dataset")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--limit", type=int, help="Export only the first N images of the split.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder to write (refused if it "
+              "holds anything).")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
+@click.option("--skip-bad", is_flag=True, help="Leave out files that cannot be read instead of stopping.")
+def data_export(dataset, split, limit, out, data_roots, skip_bad):
+    """Write DATASET's raw SPLIT images as PNG files plus labels.csv into OUT."""
+    from .export import export_split
+
+    folder, n = export_split(dataset, out, split=split, limit=limit, data_root=_data_roots(data_roots),
+                             skip_bad=skip_bad)
+    click.echo(f"{n} {split} images of {dataset}: {folder}")
 
 
 def _format_warning(message, category, *args, **kwargs):

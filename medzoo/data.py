@@ -79,8 +79,8 @@ class DataSource:
 
     def prepare(self, record: Record, cfg) -> tuple[np.ndarray, np.ndarray | None]:
         """The deterministic preprocessing of one record for the cache (``medzoo.cache.PreprocessConfig``):
-        image (and mask) fitted to ``cfg.size``. Dataset plugins override it to add domain steps
-        (windowing, CLAHE, breast masking) and then call this."""
+        its named steps and CLAHE (``domain_steps``), then image (and mask) fitted to ``cfg.size``.
+        ``medzoo predict`` runs new files through this same method."""
         from .cache import fit_pair
 
         mask = self.read_mask(record) if self.task == "segmentation" else None
@@ -88,12 +88,10 @@ class DataSource:
         return fit_pair(img, mask, cfg, channels=self.meta.get("channels"), pad_mask=self.ignore_index or 0)
 
     def domain_steps(self, img: np.ndarray, mask: np.ndarray | None, cfg) -> tuple[np.ndarray, np.ndarray | None]:
-        """CLAHE, breast masking, canonical side: image-domain steps a dataset plugin implements."""
-        asked = [k for k in ("clahe", "breast_mask", "flip_to") if getattr(cfg, k)]
-        if asked:
-            raise MedzooError(f"dataset '{self.name}' does not implement the preprocessing step(s) "
-                              f"{', '.join(asked)}; leave them out of its preprocess config")
-        return img, mask
+        """The config's named steps (registered by plugins: breast masking, canonical side, CLAHE) in order."""
+        from .cache import apply_steps
+
+        return apply_steps(img, mask, cfg)
 
     def files(self, record: Record) -> Sequence[str | Path]:
         """The files ``record``'s pixels (and mask) are read from; by default ``record.files``."""

@@ -40,3 +40,13 @@ def register_commands(cli):
 @hookspec
 def register_loggers(register):
     """Register experiment trackers for ``train --log``: call ``register(LoggerSpec(...))`` for each."""
+
+
+@hookspec
+def register_preprocess_steps(register):
+    """Register named preprocessing steps for ``PreprocessConfig.steps``: call ``register(PreprocessStepSpec(...))``."""
+
+
+@hookspec
+def register_readers(register):
+    """Register image file readers for ``medzoo predict``: call ``register(ReaderSpec(...))``."""

@@ -9,15 +9,16 @@ below is public and documented here; its own docstring has the details.
 Hooks and specs
     ``hookimpl``: marks a plugin module's hook functions (``register_archs(register)``, ``register_datasets``,
     ``register_freeze_policies``, ``register_weight_sources``, ``register_key_maps``,
-    ``register_loggers``, ``register_commands(cli)``).
-    ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``, ``LoggerSpec``: what
-    a hook registers (frozen dataclasses; ``medzoo info NAME`` prints their fields). Names are global per kind: a name
-    another plugin already has is disabled with a warning (medzoo's own plugins win).
+    ``register_loggers``, ``register_preprocess_steps``, ``register_readers``, ``register_commands(cli)``).
+    ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``, ``LoggerSpec``,
+    ``PreprocessStepSpec``, ``ReaderSpec``: what a hook registers (frozen dataclasses; ``medzoo info NAME`` prints
+    their fields). Names are global per kind: a name another plugin already has is disabled with a warning
+    (medzoo's own plugins win).
     ``Ref``: a resolved name — ``spec`` (the registered spec), ``arg`` (text after ':' or None), ``options``
     (``@key=value`` pairs, text) and ``name`` (as written). A weight source's ``load(arch=…)`` receives one.
     ``registry()``: the process-wide registry; ``registry().resolve(kind, name) -> Ref`` with ``kind`` one of
-    ``archs``, ``datasets``, ``policies``, ``sources``, ``keymaps``, ``loggers`` (refuses unknown names with a
-    did-you-mean).
+    ``archs``, ``datasets``, ``policies``, ``sources``, ``keymaps``, ``loggers``, ``steps``, ``readers``
+    (refuses unknown names with a did-you-mean).
 
 Errors and messages
     ``MedzooError``: raise it for anything the user can fix; its text is one line naming the problem and the fix
@@ -49,6 +50,9 @@ Preprocessing and caches
     build writes before ``os.replace``; ``clean_stale_tmp(folder)``: removes such folders of dead processes
     only; ``truncate_npy(path, n)``: cut a ``.npy`` to its first ``n`` rows in place (a build that left rows
     out). ``RECIPE_DEFAULTS``: the default recipe every stage starts from (read-only).
+    ``PreprocessStepSpec``: a named step of ``PreprocessConfig.steps`` (``breast_mask``, ``flip_to:left``,
+    ``clahe:2``), run on the raw pixels by ``DataSource.prepare`` for any dataset (docs/datasets/README.md).
+    ``ReaderSpec``: reads one image file by suffix or sniffing, for ``medzoo predict`` (docs/inference.md).
 
 Near-duplicate hashing (dataset builders)
     ``grey8(img)``: the 8-bit grey image hashes are computed on; ``exact_hash(grey)``, ``phash(grey)``: 64-bit
@@ -136,6 +140,8 @@ from .registry import (
     MedzooError,
     MedzooWarning,
     Ref,
+    PreprocessStepSpec,
+    ReaderSpec,
     WeightSourceSpec,
     did_you_mean,
     registry,
@@ -166,7 +172,7 @@ __all__ = [
     "assign_splits", "split_official", "check_leakage", "bad_input", "file_digests",
     # preprocessing and caches
     "PreprocessConfig", "fit_pair", "to_channels", "cache_home", "tmp_folder", "clean_stale_tmp", "truncate_npy",
-    "RECIPE_DEFAULTS",
+    "RECIPE_DEFAULTS", "PreprocessStepSpec", "ReaderSpec",
     # near-duplicate hashing (dataset builders)
     "HASH_DTYPE", "Hashes", "HashIndex", "exact_hash", "grey8", "phash",
     # licences

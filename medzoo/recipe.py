@@ -104,6 +104,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         raise MedzooError(f"recipe key 'in_chans' in {where} must be 1 (grey) or 3 (RGB), got {value}")
     if key == "freeze":
         _check_policy(value, where)
+    if key == "preprocess" and value:
+        from .cache import PreprocessConfig
+
+        PreprocessConfig.from_dict(value)  # a misspelt step fails when the recipe is read, before any stage trains
     return value
 
 

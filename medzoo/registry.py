@@ -155,6 +155,44 @@ class LoggerSpec:
 
 
 @dataclass(frozen=True)
+class PreprocessStepSpec:
+    """A named preprocessing step of the cache (``PreprocessConfig.steps``, e.g. ``breast_mask``, ``flip_to:left``).
+
+    ``apply(img, mask, arg) -> (img, mask)`` runs on the raw pixels (H×W or H×W×3, uint8/uint16/float in
+    [0, 1]) before the resize; it must be deterministic, since its output is cached. ``version``: bump it when
+    what ``apply`` produces changes, so caches built by the old code miss. ``check(arg)`` raises MedzooError
+    on a bad argument when the config is read; ``choices`` lists a closed set of arguments instead."""
+
+    name: str
+    apply: Callable[..., Any]
+    description: str = ""
+    takes_arg: bool = False
+    arg_help: str = ""
+    arg_required: bool = True
+    choices: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[str | None], Any] | None = None
+    version: int = 1
+    # the PreprocessConfig field this step replaced, read from old lineages and recipes: true -> the step,
+    # a string -> ``name:value``; such fields become steps in the order their steps were registered
+    legacy_field: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """Reads one image file for ``medzoo predict``. ``read(path, grey=)`` returns pixels as a dataset's
+    ``DataSource.read`` does (H×W or H×W×3; uint8, uint16 or float in [0, 1]); ``suffixes`` (lower case, with
+    the dot) pick the reader, ``sniff(path) -> bool`` claims files without a suffix (DICOM)."""
+
+    name: str
+    read: Callable[..., Any]
+    suffixes: tuple[str, ...] = ()
+    sniff: Callable[[Any], bool] | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
 class Kind:
     key: str
     noun: str
@@ -171,6 +209,8 @@ KINDS: dict[str, Kind] = {
         Kind("sources", "weight source", WeightSourceSpec, "register_weight_sources"),
         Kind("keymaps", "checkpoint key map", KeyMapSpec, "register_key_maps"),
         Kind("loggers", "logger", LoggerSpec, "register_loggers"),
+        Kind("steps", "preprocessing step", PreprocessStepSpec, "register_preprocess_steps"),
+        Kind("readers", "image reader", ReaderSpec, "register_readers"),
     )
 }
 

@@ -19,8 +19,10 @@ from medzoo.plugin import (
     DataSource,
     MedzooError,
     MedzooWarning,
-    PreprocessConfig,
+    PreprocessStepSpec,
+    ReaderSpec,
     Record,
+    hookimpl,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -325,15 +327,35 @@ def canonical_side(img: np.ndarray, side: str, mask: np.ndarray | None = None):
     return np.ascontiguousarray(img[:, ::-1]), (None if mask is None else np.ascontiguousarray(mask[:, ::-1]))
 
 
-def preprocess_steps(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig):
-    """The domain steps of a ``PreprocessConfig`` in order: breast mask, canonical side, CLAHE."""
-    if cfg.breast_mask:
-        img = breast_mask(img)
-    if cfg.flip_to:
-        img, mask = canonical_side(img, cfg.flip_to, mask)
-    if cfg.clahe:
-        img = clahe(img, cfg.clahe)
-    return img, mask
+def _clahe_step(img, mask, arg):
+    return clahe(img, float(arg)), mask
+
+
+def _check_clip(arg: str | None) -> None:
+    try:
+        ok = float(arg or "") > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise MedzooError(f"preprocess step 'clahe:{arg}' needs a positive clip limit, e.g. clahe:1.5")
+
+
+@hookimpl
+def register_preprocess_steps(register):
+    register(PreprocessStepSpec(
+        name="clahe", apply=_clahe_step, takes_arg=True, arg_help="clip limit", check=_check_clip,
+        description="contrast-limited adaptive histogram equalisation (OpenCV, 8x8 tiles); the preprocess "
+                    "option clahe: CLIP runs it after the other steps"))
+
+
+@hookimpl
+def register_readers(register):
+    register(ReaderSpec(
+        name="image", read=read_image, suffixes=tuple(s for s in IMAGE_SUFFIXES if s not in (".dcm", ".dicom")),
+        description="PNG, JPEG, BMP, TIFF through OpenCV (16-bit kept, scaled by its bit depth)"))
+    register(ReaderSpec(
+        name="dicom", read=read_image, suffixes=(".dcm", ".dicom"), sniff=is_dicom,
+        description="DICOM: modality rescale, VOI LUT or window, MONOCHROME1 inverted (pydicom)"))
 
 
 # -- file-backed sources ---------------------------------------------------------------------------
@@ -341,7 +363,7 @@ def preprocess_steps(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessCo
 class FileSource(DataSource):
     """Records whose ``meta['path']`` is a file under ``root``; ``grey`` reads colour files as one channel."""
 
-    preprocess_version = 1  # bump when preprocess_steps change what they produce
+    preprocess_version = 1  # bump when read() changes what it produces
 
     def __init__(self, name, task, classes, records, *, root: Path, grey: bool = False, **kw):
         super().__init__(name, task, classes, records, **kw)
@@ -360,9 +382,6 @@ class FileSource(DataSource):
         """The files the core hashes for this record's identity (subclasses add masks, ROI files).
         A plain string join: pathlib would cost more than the stat of an unchanged file."""
         return record.files or [os.path.join(self._root, record.meta["path"])]
-
-    def domain_steps(self, img, mask, cfg: PreprocessConfig):
-        return preprocess_steps(img, mask, cfg)
 
 
 def find_dir(root: Path, *candidates: str) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 from medzoo.plugin import (
     DatasetSpec,
     MedzooError,
+    PreprocessStepSpec,
     Record,
     assign_splits,
     bad_input,
@@ -23,6 +24,8 @@ from medzoo.plugin import (
 from . import portals
 from .imaging import (
     FileSource,
+    breast_mask,
+    canonical_side,
     dicom_header,
     find_dir,
     read_csv_rows,
@@ -31,7 +34,7 @@ from .imaging import (
     recipe,
 )
 
-MAMMO_PREPROCESS = {"size": 512, "channels": 1, "breast_mask": True, "flip_to": "left", "clahe": 1.5}
+MAMMO_PREPROCESS = {"size": 512, "channels": 1, "steps": ["breast_mask", "flip_to:left"], "clahe": 1.5}
 MAMMO_RECIPE = recipe(epochs=30, batch_size=16, lr=1e-4, image_size=448, augment="medium", class_weights=True,
                       patience=10, preprocess=MAMMO_PREPROCESS)
 BENIGN_MALIGNANT = ("benign", "malignant")
@@ -288,3 +291,19 @@ def register_datasets(register):
         manual_steps=portals.CBIS_DDSM, missing=portals.missing_cbis,
         recipe=recipe(epochs=30, batch_size=32, lr=1e-4, augment="strong", class_weights=True,
                       preprocess={"size": 256, "channels": 1, "clahe": 1.5})))
+
+
+# -- preprocessing steps ---------------------------------------------------------------------------
+
+@hookimpl
+def register_preprocess_steps(register):
+    # registered in the order they ran when they were PreprocessConfig fields: old configs map in this order
+    register(PreprocessStepSpec(
+        name="breast_mask", apply=lambda img, mask, arg: (breast_mask(img), mask), legacy_field="breast_mask",
+        description="mammograms: keep the largest bright component (the breast); burnt-in labels, markers and "
+                    "scanner text go"))
+    register(PreprocessStepSpec(
+        name="flip_to", apply=lambda img, mask, arg: canonical_side(img, arg, mask), takes_arg=True,
+        legacy_field="flip_to",
+        arg_help="left|right", choices={"left": "breasts face the left edge", "right": "breasts face the right edge"},
+        description="mammograms: mirror the image (and mask) so the breast lies on one side"))

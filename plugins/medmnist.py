@@ -30,7 +30,7 @@ from medzoo.plugin import (
     url_of,
 )
 
-from .imaging import preprocess_steps, recipe
+from .imaging import recipe
 from .medmnist_release import BASE, MD5
 
 # flag -> (task, modality, body part, licence id, labels). The labels are those of the medmnist package's INFO
@@ -182,8 +182,7 @@ def missing_medmnist(*, root, arg: str | None) -> list[str]:
 
 
 class MedmnistSource(ArraySource):
-    def domain_steps(self, img, mask, cfg):
-        return preprocess_steps(img, mask, cfg)
+    """MedMNIST arrays; the registered preprocessing steps (CLAHE…) run through ``DataSource.prepare``."""
 
 
 def open_medmnist(*, root=None, arg=None) -> MedmnistSource:

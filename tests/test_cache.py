@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from medzoo.cache import CachedSource, PreprocessConfig, fit_pair
+from medzoo.cache import CachedSource, PreprocessConfig, cache_key, fit_pair
 from medzoo.data import ArraySource, Record, open_dataset
 from medzoo.registry import MedzooError
 
@@ -55,13 +55,39 @@ def test_cache_skip_bad_leaves_out_unreadable(tmp_path):
     assert len(src.records) == 19 and any("003.png" in s for s in src.meta["skipped"])
 
 
-def test_domain_steps_refused_where_not_implemented():
-    src = ArraySource("arr", "classification", ["a"], [Record("0", 0, "train", meta={"index": 0})],
-                      images=[np.zeros((8, 8), np.uint8)])
-    with pytest.raises(MedzooError, match="does not implement.*clahe"):
-        CachedSource(src, PreprocessConfig(size=8, clahe=2.0))
+def test_named_steps_validated_and_run_for_any_source():
+    # CLAHE and the named steps are registered by plugins and run for any DataSource (an ArraySource too)
+    img = np.zeros((8, 8), np.uint8)
+    img[:, :3] = 200
+    src = ArraySource("arr", "classification", ["a"], [Record("0", 0, "train", meta={"index": 0})], images=[img])
+    out, _ = src.prepare(src.records[0], PreprocessConfig(size=8, steps=("flip_to:right",)))
+    assert out[:, -3:].min() == 200 and out[:, :3].max() == 0
+    with pytest.raises(MedzooError, match="unknown preprocessing step 'breast_msk'; did you mean 'breast_mask'"):
+        PreprocessConfig.from_dict({"steps": ["breast_msk"]})
+    with pytest.raises(MedzooError, match="unknown preprocessing step 'flip_to:lfet'; did you mean 'flip_to:left'"):
+        PreprocessConfig(steps=("flip_to:lfet",))
+    with pytest.raises(MedzooError, match="clahe:-1.*positive clip"):
+        PreprocessConfig(clahe=-1.0)
     with pytest.raises(MedzooError, match="unknown preprocess option 'sise'.*size"):
         PreprocessConfig.from_dict({"sise": 3})
+
+
+def test_old_breast_mask_flip_to_fields_read_as_steps(tmp_path):
+    # what lineages and recipes recorded before steps existed maps to the same config, the same cache key
+    old = PreprocessConfig.from_dict({"size": 32, "breast_mask": True, "flip_to": "left", "clahe": 1.5})
+    new = PreprocessConfig.from_dict({"size": 32, "steps": ["breast_mask", "flip_to:left"], "clahe": 1.5})
+    assert old == new and old.to_dict()["steps"] == ["breast_mask", "flip_to:left"]
+    assert "breast_mask" not in old.to_dict() and "flip_to" not in old.to_dict()
+    assert PreprocessConfig.from_dict({"breast_mask": False, "flip_to": None}).steps == ()
+    # they always ran mask first, whatever order a file lists them in
+    legacy = PreprocessConfig.from_dict({"flip_to": "right", "breast_mask": True})
+    assert legacy.steps == ("breast_mask", "flip_to:right")
+    with pytest.raises(MedzooError, match="unknown preprocessing step 'flip_to:up'"):
+        PreprocessConfig.from_dict({"flip_to": "up"})
+    src = ArraySource("arr", "classification", ["a"], [Record("0", 0, "train", meta={"index": 0})],
+                      images=[np.zeros((40, 40), np.uint8)])
+    assert cache_key(src, old) == cache_key(src, new)
+    assert cache_key(src, old) != cache_key(src, PreprocessConfig.from_dict({"size": 32, "clahe": 1.5}))
 
 
 def test_cached_segmentation_through_torch_dataset_with_strong_augmentation(tmp_path):
@@ -84,3 +110,14 @@ def test_cached_segmentation_through_torch_dataset_with_strong_augmentation(tmp_
         augment_params("strnog")
     with pytest.raises(MedzooError, match="bad augmentation option 'spin=1'"):
         augment_params("light,spin=1")
+
+
+def test_a_misspelt_step_in_a_recipe_fails_before_any_stage_trains():
+    import medzoo
+    from medzoo import store
+
+    with pytest.raises(MedzooError, match="unknown preprocessing step 'breast_msk'; did you mean 'breast_mask'"):
+        medzoo.train("timm:test_resnet", "scratch,phantom_agg,phantom_lesion",
+                     overrides=["epochs=1", "image_size=32",
+                                "phantom_lesion.preprocess={size: 32, steps: [breast_msk]}"])
+    assert not store.list_local()

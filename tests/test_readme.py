@@ -71,6 +71,10 @@ COMMANDS = {
     "medzoo errors resnet18.scratch-phantom_lesion": ["errors", "resnet18.scratch-phantom_lesion"],
     "medzoo experiment experiments/phantom.yaml --check": ["experiment", str(ROOT / "experiments" / "phantom.yaml"),
                                                            "--check"],
+    "medzoo data export phantom_lesion --split test --limit 4 --out phantom_test":
+        ["data", "export", "phantom_lesion", "--split", "test", "--limit", "4", "--out", "{tmp}/phantom_test"],
+    "medzoo predict resnet18.scratch-phantom_lesion phantom_test/images --out predictions.csv":
+        ["predict", "resnet18.scratch-phantom_lesion", "{tmp}/phantom_test/images", "--out", "{tmp}/predictions.csv"],
 }
 
 
@@ -83,7 +87,7 @@ def test_readme_commands(tmp_path):
             continue
         if argv[0] == "errors":  # the chain without the middle stage, as `make demo` trains it
             _cli("train", "resnet18", "--stages", "scratch,phantom_lesion", *FAST, env=env)
-        out[line] = _cli(*argv, env=env).stdout
+        out[line] = _cli(*[a.format(tmp=tmp_path) for a in argv], env=env).stdout
     for kind in ("archs", "datasets", "policies", "sources"):
         assert _cli("list", kind, env=env).stdout.startswith("NAME")
         rows = json.loads(_cli("list", kind, "--json", env=env).stdout)
@@ -103,6 +107,8 @@ def test_readme_commands(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
     assert run.data.tags["medzoo.checkpoint"] == "resnet18.scratch-phantom_lesion"
     assert out["medzoo experiment experiments/phantom.yaml --check"].startswith("grid 'phantom': 8 cells")
+    assert "4 predictions" in out["medzoo predict resnet18.scratch-phantom_lesion phantom_test/images --out predictions.csv"]
+    assert (tmp_path / "predictions.csv").read_text().startswith("path,p_")
 
 
 @pytest.mark.slow  # 220 s here under load, for the same reason

@@ -1,0 +1,336 @@
+"""Running a checkpoint on new image files: ``medzoo predict NAME PATH…`` and ``medzoo.predict(model, paths)``.
+
+Each file is read by the reader a plugin registered for its type (``medzoo list readers``: DICOM with its VOI
+LUT/window and MONOCHROME1, PNG/JPEG/TIFF through OpenCV), then goes through the last stage's preprocessing
+(``PreprocessConfig`` from the lineage, run by ``DataSource.prepare``, the code that fills the training cache)
+and the evaluation transform (``medzoo.zoo.transforms_for``): the input the model saw in ``medzoo evaluate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__, store
+from .cache import PreprocessConfig, parallel_map
+from .data import DataSource, Record, bad_input, skipping_bad
+from .registry import MedzooError, registry
+
+SIDECAR = ".medzoo.json"  # beside the CSV: what wrote it (checkpoint, weights, preprocessing) and its hash
+
+
+class Predictions(list):
+    """One dict per image that could be read (``path``, ``p_<class>``…, ``predicted``; ``mask`` for segmentation),
+    in input order; ``skipped`` lists the files left out under ``skip_bad`` and why."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), *, classes: Sequence[str] = (), task: str = "",
+                 skipped: Sequence[str] = (), checkpoint: str = ""):
+        super().__init__(rows)
+        self.classes, self.task, self.skipped, self.checkpoint = list(classes), task, list(skipped), checkpoint
+
+    @property
+    def columns(self) -> list[str]:
+        cols: list[str] = []
+        for row in self:
+            cols += [k for k in row if k not in cols]
+        return cols or ["path"]
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+def reader_for(path: Path):
+    """The registered reader of ``path`` by its suffix, else one that recognises its content (suffix-less
+    DICOM); None when no reader takes it."""
+    readers = registry().list("readers")
+    suffix = path.suffix.lower()
+    for spec in readers:
+        if suffix and suffix in spec.suffixes:
+            return spec
+    for spec in readers:
+        if spec.sniff is not None and spec.sniff(path):
+            return spec
+    return None
+
+
+def gather(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike | None = None) -> list[Path]:
+    """Image files from files, folders (recursive, hidden entries skipped) and CSVs of paths (a ``path``
+    (or ``file``) column, else the first; relative paths against ``root``, else the CSV's folder), in the
+    order given."""
+    out: list[Path] = []
+    if not paths:
+        raise MedzooError("no input: name image files, folders or a CSV of paths")
+    for item in map(Path, paths):
+        if not item.exists():
+            raise MedzooError(f"{item}: no such file or folder; check the path")
+        if item.is_dir():
+            found = []
+            for folder, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    p = Path(folder) / name
+                    if not name.startswith(".") and reader_for(p) is not None:
+                        found.append(p)
+            if not found:
+                raise MedzooError(f"{item}: no image files in this folder or below (`medzoo list readers` shows "
+                                  "the types read)")
+            out += found
+        elif item.suffix.lower() == ".csv":
+            out += _csv_paths(item, root)
+        else:
+            out.append(item)
+    return out
+
+
+def _csv_paths(path: Path, root) -> list[Path]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MedzooError(f"{path}: cannot read the CSV ({exc}); check the file") from None
+    if not rows:
+        raise MedzooError(f"{path}: the CSV is empty; list one image path per row under a 'path' header")
+    header = [c.strip().lower() for c in rows[0]]
+    named = next((c for c in ("path", "file") if c in header), None)  # 'file': what `medzoo data export` writes
+    col = header.index(named) if named else 0
+    body = rows[1:] if named or not Path(rows[0][0].strip()).suffix else rows
+    base = Path(root) if root else path.parent
+    out = []
+    for i, row in enumerate(body, start=2 if body is not rows else 1):
+        value = row[col].strip() if col < len(row) else ""
+        if not value:
+            raise MedzooError(f"{path}:{i}: no path in this row; fill it in or remove the row")
+        p = Path(value).expanduser()
+        out.append(p if p.is_absolute() else base / p)
+    return out
+
+
+class FilesSource(DataSource):
+    """Image files as a DataSource, so ``prepare`` (the cache's code) preprocesses them."""
+
+    def __init__(self, paths: Sequence[Path], task: str, classes: Sequence[str], *, grey: bool):
+        records = [Record(str(p), None, "test", meta={"path": str(p)}, files=[p]) for p in paths]
+        super().__init__("predict", task, classes, records, meta={"channels": 1 if grey else None})
+        self.grey = grey
+
+    def read(self, record: Record) -> np.ndarray:
+        path = Path(record.meta["path"])
+        spec = reader_for(path)
+        if spec is None:
+            kinds = sorted({s for r in registry().list("readers") for s in r.suffixes})
+            raise MedzooError(f"{path}: no reader for '{path.suffix or 'files without a suffix'}' (read: "
+                              f"{', '.join(kinds)}); convert it, or pass --skip-bad to leave it out")
+        if not path.is_file():
+            raise MedzooError(f"{path}: not a file; pass --skip-bad to leave it out")
+        return spec.read(path, grey=self.grey)
+
+    def read_mask(self, record: Record):
+        return None  # new images have no masks: prepare runs the steps on the image alone
+
+
+def preprocess_config(model) -> PreprocessConfig | None:
+    """The last stage's cached preprocessing (None: it trained on raw images), read as evaluation reads it."""
+    last = model.medzoo_lineage.last
+    cfg = (last.recipe if last else {}).get("preprocess")
+    return None if cfg is None else PreprocessConfig.from_dict(cfg)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+def _prepared(source: FilesSource, cfg: PreprocessConfig | None, transform, records: list[Record]):
+    """``(record, tensor or None, error or None)`` in order, preprocessed on threads."""
+    def one(r: Record):
+        try:
+            img = source.prepare(r, cfg)[0] if cfg is not None else source.read(r)
+            return r, transform(img), None
+        except MedzooError as exc:
+            return r, None, exc
+
+    return list(parallel_map(one, records))
+
+
+def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, device: str | None = None,
+            skip_bad: bool = False, root: str | os.PathLike | None = None,
+            mask_dir: str | os.PathLike | None = None) -> Predictions:
+    """Class probabilities (or, for segmentation, masks written as PNG into ``mask_dir``) for image files.
+
+    ``model_or_name``: a model from ``medzoo.load`` or anything it accepts. ``paths``: files, folders
+    (recursive) or CSVs of paths. A file that cannot be read raises one ``MedzooError`` naming it, or, with
+    ``skip_bad``, is left out with a warning and listed in ``.skipped``.
+    """
+    from .stage import _device
+    from .zoo import load, transforms_for
+
+    if batch_size < 1:
+        raise MedzooError("--batch-size must be ≥ 1")
+    dev = _device(device)
+    model = load(model_or_name, device=dev) if isinstance(model_or_name, (str, os.PathLike)) else model_or_name
+    if not hasattr(model, "medzoo_lineage"):
+        raise MedzooError("predict needs a model from medzoo.load (it reads the preprocessing from its lineage)")
+    dev = next(model.parameters()).device
+    lin = model.medzoo_lineage
+    classes = list(lin.last.classes) if lin.last else []
+    task = lin.task
+    if task == "segmentation" and mask_dir is None:
+        raise MedzooError("a segmentation checkpoint writes masks: pass mask_dir= (the CLI's --masks)")
+    cfg = preprocess_config(model)
+    in_chans = int(model.pretrained_cfg["input_size"][0])
+    source = FilesSource(gather(paths, root=root), task, classes,
+                         grey=(cfg is not None and cfg.channels == 1) or in_chans == 1)
+    transform = transforms_for(model)
+    rows: list[dict[str, Any]] = []
+    with skipping_bad(skip_bad) as noted:
+        skipped: list[str] = noted if noted is not None else []
+        chunk = max(batch_size, 4 * batch_size)  # bounded memory: a few batches of tensors at a time
+        for start in range(0, len(source.records), chunk):
+            ready = []
+            for r, x, exc in _prepared(source, cfg, transform, source.records[start:start + chunk]):
+                if exc is not None:
+                    bad_input(r.meta["path"], str(exc))  # raises, or warns and records it under skip_bad
+                else:
+                    ready.append((r, x))
+            for b in range(0, len(ready), batch_size):
+                batch = ready[b:b + batch_size]
+                with torch.inference_mode():
+                    out = model(torch.stack([x for _, x in batch]).to(dev)).float().cpu()
+                rows += _rows(batch, out, task, classes, model, start_index=len(rows), mask_dir=mask_dir)
+    if not rows:
+        raise MedzooError(f"no image could be read ({len(skipped)} skipped: {skipped[0] if skipped else ''}); "
+                          "check the inputs")
+    return Predictions(rows, classes=classes, task=task, skipped=list(skipped),
+                       checkpoint=lin.name or str(model_or_name))
+
+
+def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model, *, start_index: int, mask_dir) -> list[dict]:
+    if task == "segmentation":
+        return [{"path": r.meta["path"], "mask": str(_write_mask(m, Path(mask_dir), start_index + i, r.meta["path"]))}
+                for i, ((r, _), m) in enumerate(zip(batch, out.argmax(1)))]
+    probs = out.sigmoid() if task == "multilabel" else out.softmax(1)
+    rows = []
+    for (r, _), p in zip(batch, probs):
+        row: dict[str, Any] = {"path": r.meta["path"]}
+        row.update({f"p_{c}": float(v) for c, v in zip(classes, p.tolist())})
+        if task == "multilabel":
+            row["predicted"] = ";".join(c for c, v in zip(classes, p.tolist()) if v >= 0.5)
+        else:
+            row["predicted"] = classes[int(p.argmax())] if classes else int(p.argmax())
+        row.update(decision_columns(model, p))
+        rows.append(row)
+    return rows
+
+
+def decision_columns(model, probs: torch.Tensor) -> dict[str, Any]:
+    """The decision at the checkpoint's stored operating point, as extra columns of one image's row.
+
+    The one place where it is added: the threshold is stored in the checkpoint's config.json by
+    ``medzoo evaluate`` (the operating-points work), and read here once that lands. Until then a checkpoint
+    has none, and the row carries only the probabilities and the argmax label."""
+    return {}
+
+
+def _write_mask(mask: torch.Tensor, folder: Path, index: int, path: str) -> Path:
+    """A class-code PNG (8-bit below 256 classes, else 16-bit) at the model's input size."""
+    from PIL import Image
+
+    arr = mask.numpy()
+    arr = arr.astype(np.uint8) if int(arr.max(initial=0)) < 256 else arr.astype(np.uint16)
+    name = f"{index:05d}-{store.slug(Path(path).stem)[:80]}.png"
+    Image.fromarray(arr).save(folder / name)
+    return folder / name
+
+
+# -- the command's files ------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ours(out: Path) -> bool:
+    """Whether ``out`` is a CSV medzoo predict wrote and nobody changed since (its sidecar holds its hash)."""
+    try:
+        meta = json.loads((out.parent / (out.name + SIDECAR)).read_text())
+        return meta.get("csv_sha256") == _sha256(out)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "predictions.csv", masks: str | None = None,
+        batch_size: int = 32, device: str | None = None, skip_bad: bool = False, root: str | None = None,
+        overwrite: bool = False) -> tuple[Path, Predictions]:
+    """``medzoo predict``: predictions for ``paths`` written to the CSV ``out`` (and masks under ``masks``,
+    default ``<out stem>-masks/``), nothing written unless every input was read (or skipped under ``skip_bad``)."""
+    from .zoo import load
+
+    out = Path(out)
+    if out.is_dir():
+        raise MedzooError(f"--out {out} is a folder; name the CSV file to write, e.g. {out / 'predictions.csv'}")
+    if out.exists() and not overwrite and not _ours(out):
+        raise MedzooError(f"{out} exists and medzoo predict did not write it (or it was edited since); pick another "
+                          "--out, or pass --overwrite to replace it")
+    model = load(name, device=_dev(device))
+    mask_final = None
+    tmp_masks = None
+    if model.medzoo_lineage.task == "segmentation":
+        mask_final = Path(masks) if masks else out.with_name(out.stem + "-masks")
+        if mask_final.exists() and not _our_masks(out, mask_final):
+            raise MedzooError(f"{mask_final} exists and is not a mask folder medzoo predict wrote; "
+                              "pick another --masks")
+        tmp_masks = store.new_tmp_dir(mask_final.parent, mask_final.name)
+    try:
+        preds = predict(model, paths, batch_size=batch_size, skip_bad=skip_bad, root=root, mask_dir=tmp_masks)
+        if tmp_masks is not None:  # rows name the final folder, where the masks are moved next
+            for row in preds:
+                row["mask"] = str(mask_final / Path(row["mask"]).name)
+        text = to_csv(preds)
+        if tmp_masks is not None:
+            if mask_final.exists():
+                shutil.rmtree(mask_final)  # ours, checked above: the previous run's masks
+            os.rename(tmp_masks, mask_final)
+            tmp_masks = None
+    finally:
+        if tmp_masks is not None:
+            shutil.rmtree(tmp_masks, ignore_errors=True)
+    store.atomic_write(out, text)
+    lin = model.medzoo_lineage
+    cfg = preprocess_config(model)
+    store.atomic_write(out.parent / (out.name + SIDECAR), json.dumps({
+        "csv_sha256": hashlib.sha256(text.encode()).hexdigest(), "checkpoint": preds.checkpoint,
+        "origin": model.medzoo_origin, "weights_sha256": lin.weights_sha256,
+        "preprocess": cfg.to_dict() if cfg else None, "image_size": lin.image_size, "n_images": len(preds),
+        "skipped": preds.skipped, "masks": str(mask_final) if mask_final else None,
+        "mask_files": sorted(Path(r["mask"]).name for r in preds) if mask_final else [],
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "medzoo": __version__}, indent=2))
+    return out, preds
+
+
+def _dev(device):
+    from .stage import _device
+
+    return _device(device)
+
+
+def _our_masks(out: Path, folder: Path) -> bool:
+    """A mask folder is medzoo's when the sidecar of a CSV of ours names it and lists every file in it."""
+    try:
+        meta = json.loads((out.parent / (out.name + SIDECAR)).read_text())
+        return Path(meta["masks"]) == folder and set(os.listdir(folder)) <= set(meta["mask_files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def to_csv(preds: Predictions) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=preds.columns)
+    w.writeheader()
+    for row in preds:
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()

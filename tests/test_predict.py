@@ -1,0 +1,142 @@
+"""`medzoo predict` / `medzoo.predict` on new files, and `medzoo data export`."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import medzoo
+from medzoo import store
+from medzoo.evaluation import evaluate
+from medzoo.registry import MedzooError
+
+from conftest import run_cli
+from datagen import make_inbreast
+
+
+@pytest.fixture
+def inbreast(tmp_path):
+    """A checkpoint trained on INbreast in its release layout (DICOM) with the shipped recipe's preprocessing
+    (breast_mask, flip_to:left, CLAHE 1.5, size 512, one channel): only epochs and image size overridden."""
+    root = make_inbreast(tmp_path / "inb")
+    name = medzoo.train("timm:test_resnet", "scratch,inbreast", overrides=["epochs=1", "image_size=32"],
+                        precision="fp32", data_roots={"inbreast": str(root)})[-1].name
+    return name, root / "INbreast Release 1.0" / "AllDICOMs"
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_on_dicoms_matches_evaluate(inbreast, tmp_path):
+    name, dicoms = inbreast
+    recipe = store.get_local(name).lineage.last.recipe["preprocess"]
+    assert recipe["steps"] == ["breast_mask", "flip_to:left"] and recipe["clahe"] == 1.5
+    result = evaluate(name, data_root={"inbreast": str(dicoms.parent.parent)}, bootstrap=0)
+    expected = {r["id"]: r for r in read_rows(result.out_dir / "predictions.csv")}
+    assert expected
+    preds = medzoo.predict(name, [dicoms / i for i in expected])
+    assert len(preds) == len(expected) and not preds.skipped
+    for row in preds:
+        want = expected[row["path"].rsplit("/", 1)[-1]]
+        for c in ("benign", "malignant"):
+            assert abs(row[f"p_{c}"] - float(want[f"p_{c}"])) < 2e-6
+        assert row["predicted"] == ["benign", "malignant"][int(want["predicted"])]
+    # a checkpoint written before steps existed recorded them as fields: read as the same steps
+    ckpt = store.read_checkpoint(store.get_local(name).path)
+    ckpt.lineage.stages[-1].recipe["preprocess"] = {"size": 512, "channels": 1, "breast_mask": True,
+                                                    "flip_to": "left", "clahe": 1.5}
+    store.write_config(ckpt.path, ckpt.config, ckpt.lineage)
+    assert '"breast_mask": true' in (ckpt.path / store.CONFIG).read_text()
+    assert medzoo.predict(name, [dicoms / i for i in expected]) == preds
+    # a CSV of paths (relative to the CSV's folder) and a folder give the same rows, in the order given
+    folder = tmp_path / "new"
+    (folder / "sub").mkdir(parents=True)
+    for i in expected:
+        shutil.copy(dicoms / i, folder / "sub" / i)
+    (folder / "list.csv").write_text("path\n" + "".join(f"sub/{i}\n" for i in sorted(expected)))
+    out = tmp_path / "p.csv"
+    run_cli("predict", name, str(folder / "list.csv"), "--out", str(out))
+    by_csv = read_rows(out)
+    assert [r["path"] for r in by_csv] == [str(folder / "sub" / i) for i in sorted(expected)]
+    for r in by_csv:
+        assert abs(float(r["p_malignant"]) - float(expected[r["path"].rsplit("/", 1)[-1]]["p_malignant"])) < 2e-6
+    run_cli("predict", name, str(folder / "sub"), "--out", str(out))  # ours: replaced without --overwrite
+    assert read_rows(out) == by_csv
+    sidecar = json.loads((tmp_path / "p.csv.medzoo.json").read_text())
+    assert sidecar["preprocess"]["steps"] == ["breast_mask", "flip_to:left"]
+    assert sidecar["weights_sha256"] == store.get_local(name).lineage.weights_sha256
+
+
+def test_bad_file_stops_or_is_skipped_and_nothing_is_half_written(inbreast, tmp_path):
+    name, dicoms = inbreast
+    good = sorted(dicoms.glob("*.dcm"))[:2]
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    out = tmp_path / "preds.csv"
+    proc = run_cli("predict", name, *map(str, good), str(bad), "--out", str(out), check=False)
+    assert proc.returncode == 1 and not out.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"Error: {bad}: ") and "--skip-bad" in lines[-1]
+    proc = run_cli("predict", name, *map(str, good), str(bad), "--out", str(out), "--skip-bad")
+    assert "broken.dcm" in proc.stderr and "1 skipped" in proc.stdout
+    assert [r["path"] for r in read_rows(out)] == [str(p) for p in good]
+    # a file medzoo did not write (or one edited since) is not replaced without --overwrite
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my notes\n")
+    proc = run_cli("predict", name, str(good[0]), "--out", str(mine), check=False)
+    assert proc.returncode == 1 and "did not write it" in proc.stderr and mine.read_text() == "my notes\n"
+    out.write_text(out.read_text() + "edited\n")
+    assert run_cli("predict", name, str(good[0]), "--out", str(out), check=False).returncode == 1
+    run_cli("predict", name, str(good[0]), "--out", str(mine), "--overwrite")
+    assert len(read_rows(mine)) == 1
+    with pytest.raises(MedzooError, match="no such file"):
+        medzoo.predict(name, [tmp_path / "missing.png"])
+
+
+def test_segmentation_masks_written_for_exported_images(tmp_path, monkeypatch):
+    from datagen import make_bcss
+
+    make_bcss(tmp_path / "bcss", slides=tuple(f"TCGA-A{i}-A0SK" for i in range(8)))
+    monkeypatch.setenv("MEDZOO_DATA_BCSS", str(tmp_path / "bcss"))
+    name = medzoo.train("unet_resnet18", "scratch,bcss:64", overrides=["epochs=1", "image_size=32"],
+                        precision="fp32")[-1].name
+    export = tmp_path / "export"
+    run_cli("data", "export", "bcss:64", "--split", "test", "--limit", "3", "--out", str(export))
+    labels = read_rows(export / "labels.csv")
+    assert len(labels) == 3 and all((export / r["file"]).is_file() and (export / r["mask"]).is_file() for r in labels)
+    # export refuses a folder that holds anything
+    proc = run_cli("data", "export", "bcss:64", "--out", str(export), check=False)
+    assert proc.returncode == 1 and "not an empty folder" in proc.stderr
+    out = tmp_path / "seg.csv"
+    run_cli("predict", name, str(export / "labels.csv"), "--out", str(out))
+    rows = read_rows(out)
+    assert [r["path"] for r in rows] == [str(export / r["file"]) for r in labels]
+    assert len(rows) == 3 and list(rows[0]) == ["path", "mask"]
+    from PIL import Image
+
+    for r in rows:
+        mask = np.asarray(Image.open(r["mask"]))
+        assert mask.shape == (32, 32) and mask.dtype == np.uint8
+        assert int(mask.max()) < len(store.get_local(name).lineage.last.classes)
+    written = sorted(p.name for p in (tmp_path / "seg-masks").iterdir())
+    assert written == sorted(r["mask"].rsplit("/", 1)[-1] for r in rows)
+
+
+def test_export_writes_png_and_labels_that_predict_reads(tmp_path):
+    from medzoo.data import open_dataset
+
+    out = tmp_path / "x"
+    run_cli("data", "export", "phantom_lesion", "--split", "test", "--limit", "4", "--out", str(out))
+    rows = read_rows(out / "labels.csv")
+    source = open_dataset("phantom_lesion")
+    test = source.split("test")[:4]
+    from PIL import Image
+
+    assert [r["id"] for r in rows] == [r.id for r in test]
+    assert [r["label"] for r in rows] == [source.classes[r.label] for r in test]
+    assert np.array_equal(np.asarray(Image.open(out / rows[0]["file"])), source.read(test[0]))
+    assert sorted(p.name for p in out.iterdir()) == ["images", "labels.csv"]
