@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 # The demo's data is synthetic (medzoo's phantom datasets): it runs offline in about a minute on two CPU cores once installed.
 # It ends by scoring both chains' last checkpoints on phantom_lesion's test split: with and without the
 # intermediate phantom_agg stage (metrics, plots and predictions land in each checkpoint's eval/ folder), then
-# exports 4 phantom_lesion test images as PNG into a new temporary folder and runs `medzoo predict` on them.
+# exports 4 phantom_lesion test images as PNG into a new temporary folder and runs `medzoo predict` on them,
+# with a Grad-CAM saliency map per image.
 demo: $(STAMP)
 	$(BIN)/medzoo train resnet18 --stages scratch,phantom_agg,phantom_lesion
 	$(BIN)/medzoo train resnet18 --stages scratch,phantom_lesion
@@ -27,8 +28,9 @@ demo: $(STAMP)
 	$(BIN)/medzoo evaluate resnet18.scratch-phantom_lesion
 	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/medzoo-demo.XXXXXX") && set -x && \
 	$(BIN)/medzoo data export phantom_lesion --split test --limit 4 --out $$dir/phantom_test && \
-	$(BIN)/medzoo predict resnet18.scratch-phantom_agg-phantom_lesion $$dir/phantom_test/images --out $$dir/predictions.csv && \
-	{ set +x; } 2>/dev/null && echo "predictions of 4 test images: $$dir/predictions.csv"
+	$(BIN)/medzoo predict resnet18.scratch-phantom_agg-phantom_lesion $$dir/phantom_test/images --out $$dir/predictions.csv \
+	  --saliency $$dir/saliency && \
+	{ set +x; } 2>/dev/null && echo "predictions of 4 test images: $$dir/predictions.csv; saliency maps: $$dir/saliency/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -431,16 +431,25 @@ def card(name, repo_id, out, license_):
               "stopping.")
 @click.option("--data-root", "data_root", type=click.Path(file_okay=False),
               help="Folder that relative paths in a CSV of paths are under (default: the CSV's folder).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT that medzoo predict did not write.")
-def predict_cmd(name, paths, out, masks, batch_size, device, skip_bad, data_root, overwrite):
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT that medzoo predict did not write (and "
+              "saliency maps of the same names).")
+@click.option("--saliency", type=click.Path(file_okay=False), help="Also write each image's saliency map for its "
+              "predicted class into this folder (<stem>_saliency.png; needs medzoo[saliency]).")
+@click.option("--saliency-method", type=click.Choice(["gradcam", "scorecam"]), default="gradcam", show_default=True,
+              help="Grad-CAM, or the gradient-free Score-CAM (slow: about a minute per image on a CPU).")
+def predict_cmd(name, paths, out, masks, batch_size, device, skip_bad, data_root, overwrite, saliency,
+                saliency_method):
     """Run checkpoint NAME on image files, folders (recursive) or CSVs of paths, with the preprocessing it was
     trained with (read from its lineage)."""
     from .inference import run
 
     path, preds = run(name, list(paths), out=out, masks=masks, batch_size=batch_size, device=device,
-                      skip_bad=skip_bad, root=data_root, overwrite=overwrite)
+                      skip_bad=skip_bad, root=data_root, overwrite=overwrite, saliency=saliency,
+                      saliency_method=saliency_method)
     skipped = f" ({len(preds.skipped)} skipped)" if preds.skipped else ""
     click.echo(f"[{preds.checkpoint}] {len(preds)} predictions{skipped}: {path}")
+    if saliency:
+        click.echo(f"[{preds.checkpoint}] saliency maps ({saliency_method}): {saliency}")
 
 
 @cli.group("data")

@@ -160,12 +160,15 @@ def _prepared(source: FilesSource, cfg: PreprocessConfig | None, transform, reco
 
 def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, device: str | None = None,
             skip_bad: bool = False, root: str | os.PathLike | None = None,
-            mask_dir: str | os.PathLike | None = None) -> Predictions:
+            mask_dir: str | os.PathLike | None = None, saliency_dir: str | os.PathLike | None = None,
+            saliency_method: str = "gradcam") -> Predictions:
     """Class probabilities (or, for segmentation, masks written as PNG into ``mask_dir``) for image files.
 
     ``model_or_name``: a model from ``medzoo.load`` or anything it accepts. ``paths``: files, folders
     (recursive) or CSVs of paths. A file that cannot be read raises one ``MedzooError`` naming it, or, with
-    ``skip_bad``, is left out with a warning and listed in ``.skipped``.
+    ``skip_bad``, is left out with a warning and listed in ``.skipped``. ``saliency_dir``: also write each
+    image's map for its predicted class there (``medzoo.saliency.write_maps``: ``<stem>_saliency.png`` over the
+    model's input as it saw it; ``saliency_method`` ``gradcam`` or ``scorecam``; the ``saliency`` extra).
     """
     from .stage import _device
     from .zoo import load, transforms_for
@@ -187,6 +190,8 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
     source = FilesSource(gather(paths, root=root), task, classes,
                          grey=(cfg is not None and cfg.channels == 1) or in_chans == 1)
     transform = transforms_for(model)
+    if saliency_dir is not None:
+        _check_saliency(model, source, saliency_method)
     rows: list[dict[str, Any]] = []
     with skipping_bad(skip_bad) as noted:
         skipped: list[str] = noted if noted is not None else []
@@ -200,14 +205,49 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
                     ready.append((r, x))
             for b in range(0, len(ready), batch_size):
                 batch = ready[b:b + batch_size]
+                xb = torch.stack([x for _, x in batch]).to(dev)
                 with torch.inference_mode():
-                    out = model(torch.stack([x for _, x in batch]).to(dev)).float().cpu()
+                    out = model(xb).float().cpu()
+                if saliency_dir is not None:
+                    _write_saliency(model, xb, out, [r.meta["path"] for r, _ in batch], saliency_dir, saliency_method)
                 rows += _rows(batch, out, task, classes, model, start_index=len(rows), mask_dir=mask_dir)
     if not rows:
         raise MedzooError(f"no image could be read ({len(skipped)} skipped: {skipped[0] if skipped else ''}); "
                           "check the inputs")
     return Predictions(rows, classes=classes, task=task, skipped=list(skipped),
                        checkpoint=lin.name or str(model_or_name))
+
+
+def _check_saliency(model, source: "FilesSource", method: str) -> None:
+    """Refuse, before anything runs, what would fail half-way: no library, a segmentation model, a bad method,
+    or two inputs whose maps would share a file name."""
+    from . import saliency
+
+    saliency.require()
+    if model.medzoo_lineage.task == "segmentation":
+        raise MedzooError("saliency maps explain a class score; this is a segmentation checkpoint, whose masks are "
+                          "its explanation: drop --saliency")
+    if method not in saliency.METHODS:
+        raise MedzooError(f"unknown saliency method '{method}'; choose one of {', '.join(saliency.METHODS)}")
+    seen: dict[str, str] = {}
+    for r in source.records:
+        name = saliency.saliency_name(r.meta["path"])
+        if name in seen:
+            raise MedzooError(f"'{seen[name]}' and '{r.meta['path']}' would both write the saliency map {name}; "
+                              "give inputs with distinct file names, or predict them in separate runs")
+        seen[name] = r.meta["path"]
+
+
+def _write_saliency(model, xb: torch.Tensor, out: torch.Tensor, paths: list[str], folder, method: str) -> None:
+    """Maps for the predicted class, drawn over the model's input de-normalised (what the model saw)."""
+    from . import saliency
+
+    cfg = model.pretrained_cfg
+    mean = torch.tensor(cfg.get("mean", (0.0,)), dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(cfg.get("std", (1.0,)), dtype=torch.float32).view(-1, 1, 1)
+    seen = [((x.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()) for x in xb]
+    targets = out.argmax(1).tolist() if model.medzoo_lineage.task != "multilabel" else None
+    saliency.write_maps(model, xb, seen, paths, folder, method, targets=targets)
 
 
 def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model, *, start_index: int, mask_dir) -> list[dict]:
@@ -265,9 +305,11 @@ def _ours(out: Path) -> bool:
 
 def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "predictions.csv", masks: str | None = None,
         batch_size: int = 32, device: str | None = None, skip_bad: bool = False, root: str | None = None,
-        overwrite: bool = False) -> tuple[Path, Predictions]:
+        overwrite: bool = False, saliency: str | os.PathLike | None = None,
+        saliency_method: str = "gradcam") -> tuple[Path, Predictions]:
     """``medzoo predict``: predictions for ``paths`` written to the CSV ``out`` (and masks under ``masks``,
-    default ``<out stem>-masks/``), nothing written unless every input was read (or skipped under ``skip_bad``)."""
+    default ``<out stem>-masks/``) and saliency maps into ``saliency``, nothing written unless every input was read
+    (or skipped under ``skip_bad``). A map file already in ``saliency`` is replaced only with ``overwrite``."""
     from .zoo import load
 
     out = Path(out)
@@ -285,8 +327,18 @@ def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "prediction
             raise MedzooError(f"{mask_final} exists and is not a mask folder medzoo predict wrote; "
                               "pick another --masks")
         tmp_masks = store.new_tmp_dir(mask_final.parent, mask_final.name)
+    sal_final = Path(saliency) if saliency is not None else None
+    if sal_final is not None and sal_final.exists() and not sal_final.is_dir():
+        raise MedzooError(f"--saliency {sal_final} is a file; name a folder for the maps")
+    tmp_sal = store.new_tmp_dir(sal_final.parent, sal_final.name) if sal_final is not None else None
     try:
-        preds = predict(model, paths, batch_size=batch_size, skip_bad=skip_bad, root=root, mask_dir=tmp_masks)
+        preds = predict(model, paths, batch_size=batch_size, skip_bad=skip_bad, root=root, mask_dir=tmp_masks,
+                        saliency_dir=tmp_sal, saliency_method=saliency_method)
+        if tmp_sal is not None:
+            clash = sorted(f.name for f in tmp_sal.iterdir() if (sal_final / f.name).exists())
+            if clash and not overwrite:
+                raise MedzooError(f"{sal_final / clash[0]} exists ({len(clash)} map(s) would be replaced); pick "
+                                  "another --saliency folder, or pass --overwrite")
         if tmp_masks is not None:  # rows name the final folder, where the masks are moved next
             for row in preds:
                 row["mask"] = str(mask_final / Path(row["mask"]).name)
@@ -296,9 +348,14 @@ def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "prediction
                 shutil.rmtree(mask_final)  # ours, checked above: the previous run's masks
             os.rename(tmp_masks, mask_final)
             tmp_masks = None
+        if tmp_sal is not None:
+            sal_final.mkdir(parents=True, exist_ok=True)
+            for f in sorted(tmp_sal.iterdir()):
+                os.replace(f, sal_final / f.name)
     finally:
-        if tmp_masks is not None:
-            shutil.rmtree(tmp_masks, ignore_errors=True)
+        for tmp in (tmp_masks, tmp_sal):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     store.atomic_write(out, text)
     lin = model.medzoo_lineage
     cfg = preprocess_config(model)

@@ -140,3 +140,38 @@ def test_export_writes_png_and_labels_that_predict_reads(tmp_path):
     assert [r["label"] for r in rows] == [source.classes[r.label] for r in test]
     assert np.array_equal(np.asarray(Image.open(out / rows[0]["file"])), source.read(test[0]))
     assert sorted(p.name for p in out.iterdir()) == ["images", "labels.csv"]
+
+
+def test_saliency_maps_written_beside_predictions_and_nothing_replaced_or_half_written(inbreast, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    name, dicoms = inbreast
+    good = sorted(dicoms.glob("*.dcm"))[:3]
+    maps, out = tmp_path / "maps", tmp_path / "p.csv"
+    proc = run_cli("predict", name, *map(str, good), "--out", str(out), "--saliency", str(maps))
+    assert "saliency maps (gradcam)" in proc.stdout
+    written = sorted(p.name for p in maps.iterdir())
+    assert written == sorted(f"{p.stem}_saliency.png" for p in good)
+    from PIL import Image
+
+    assert np.asarray(Image.open(maps / written[0])).shape[2] == 3  # an RGB overlay over the model's input
+    before = {p.name: p.read_bytes() for p in maps.iterdir()}
+    # the same folder again: refused without --overwrite, and the maps and CSV stay as they were
+    csv_before = out.read_bytes()
+    proc = run_cli("predict", name, str(good[0]), "--out", str(out), "--saliency", str(maps), check=False)
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr.strip().splitlines()[-1]
+    assert {p.name: p.read_bytes() for p in maps.iterdir()} == before and out.read_bytes() == csv_before
+    # a bad file stops the run before any map reaches the folder
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    fresh = tmp_path / "fresh"
+    proc = run_cli("predict", name, str(good[0]), str(bad), "--out", str(tmp_path / "q.csv"), "--saliency",
+                   str(fresh), check=False)
+    assert proc.returncode == 1 and not (fresh.exists() and any(fresh.iterdir()))
+    assert not list(tmp_path.glob(".fresh*")), "a temporary map folder was left behind"
+    # two inputs whose maps would share a name are refused before anything runs
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    shutil.copy(good[0], twin / good[0].name)
+    proc = run_cli("predict", name, str(good[0]), str(twin / good[0].name), "--out", str(tmp_path / "r.csv"),
+                   "--saliency", str(tmp_path / "m2"), check=False)
+    assert proc.returncode == 1 and "would both write" in proc.stderr

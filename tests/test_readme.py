@@ -73,8 +73,9 @@ COMMANDS = {
                                                            "--check"],
     "medzoo data export phantom_lesion --split test --limit 4 --out phantom_test":
         ["data", "export", "phantom_lesion", "--split", "test", "--limit", "4", "--out", "{tmp}/phantom_test"],
-    "medzoo predict resnet18.scratch-phantom_lesion phantom_test/images --out predictions.csv":
-        ["predict", "resnet18.scratch-phantom_lesion", "{tmp}/phantom_test/images", "--out", "{tmp}/predictions.csv"],
+    "medzoo predict resnet18.scratch-phantom_lesion phantom_test/images --out predictions.csv --saliency maps":
+        ["predict", "resnet18.scratch-phantom_lesion", "{tmp}/phantom_test/images", "--out", "{tmp}/predictions.csv",
+         "--saliency", "{tmp}/maps"],
 }
 
 
@@ -107,8 +108,10 @@ def test_readme_commands(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
     assert run.data.tags["medzoo.checkpoint"] == "resnet18.scratch-phantom_lesion"
     assert out["medzoo experiment experiments/phantom.yaml --check"].startswith("grid 'phantom': 8 cells")
-    assert "4 predictions" in out["medzoo predict resnet18.scratch-phantom_lesion phantom_test/images --out predictions.csv"]
+    assert "4 predictions" in out["medzoo predict resnet18.scratch-phantom_lesion phantom_test/images --out "
+                                  "predictions.csv --saliency maps"]
     assert (tmp_path / "predictions.csv").read_text().startswith("path,p_")
+    assert len(list((tmp_path / "maps").glob("*_saliency.png"))) == 4
 
 
 @pytest.mark.slow  # 220 s here under load, for the same reason
