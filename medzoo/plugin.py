@@ -6,7 +6,8 @@ commands is here; the rest of ``medzoo`` is internal and may change without noti
 docs/plugins.md walks through a complete plugin written against it.
 
 - Hooks: ``hookimpl`` marks the functions of a plugin module (see ``medzoo.hookspecs``).
-- Specs: ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``.
+- Specs: ``ArchSpec``, ``DatasetSpec``, ``FreezePolicySpec``, ``WeightSourceSpec``, ``KeyMapSpec``; an
+  architecture's traits (``ArchSpec`` docstring) include its ``HubLayout`` (``MEDZOO_LAYOUT`` by default).
 - Errors: raise ``MedzooError`` for anything the user can fix (one line: the problem and the fix); warn with
   ``MedzooWarning``.
 - Data: subclass ``DataSource`` (or use ``ArraySource``) holding ``Record`` items; ``bad_input`` reports an
@@ -42,6 +43,7 @@ from .data import (
     split_official,
 )
 from .hookspecs import hookimpl
+from .hublayout import MEDZOO_LAYOUT, HubLayout
 from .identity import file_digests
 from .licenses import license_id, most_restrictive, url_of
 from .models import (
@@ -79,6 +81,8 @@ from .zoo import read_weights as read_located_weights
 __all__ = [
     # hooks and specs
     "hookimpl", "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "KeyMapSpec", "registry",
+    # architecture traits
+    "HubLayout", "MEDZOO_LAYOUT",
     # errors and messages
     "MedzooError", "MedzooWarning", "did_you_mean", "log",
     # data
