@@ -35,6 +35,8 @@ def spec_dict(spec) -> dict:
     out = {}
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = getattr(value, "name", str(value))  # a trait object (hub_layout) is shown by its name
         if not callable(value):
             out[f.name] = dict(value) if hasattr(value, "items") else value
     out["name"] = display_name(spec)

@@ -29,6 +29,10 @@ CITATIONS = {
     "mobilenetv2": "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018.",
     "inception": "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016.",
     "convnext": "Liu et al., A ConvNet for the 2020s, CVPR 2022.",
+    "deit": "Touvron et al., Training data-efficient image transformers & distillation through attention, ICML 2021.",
+    "beit": "Bao et al., BEiT: BERT Pre-Training of Image Transformers, ICLR 2022.",
+    "vit_": "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale, "
+            "ICLR 2021.",
 }
 # transformers: their only convolution is the patch embedding, so channels_last barely reaches them, and
 # the ones timm's pretrained_cfg does not mark still take their image size at build time

@@ -119,3 +119,12 @@ def test_bad_traits_are_refused_when_registered():
         _validate(KINDS["archs"], ArchSpec(name="x", build=TinyNet, group_prefixes=["encoder."]))
     with pytest.raises(TypeError, match="hub_layout must be a medzoo.plugin.HubLayout"):
         _validate(KINDS["archs"], ArchSpec(name="x", build=TinyNet, hub_layout="timm"))
+
+
+def test_traits_are_listed_as_plain_values():
+    from conftest import run_cli
+
+    rows = {r["name"]: r for r in json.loads(run_cli("list", "archs", "--json").stdout)}
+    assert rows["unet_resnet18"]["hub_layout"] == "smp" and rows["resnet18"]["hub_layout"] == "timm"
+    assert rows["swin_t"]["channels_last"] is False and rows["swin_t"]["fixed_input_size"] is True
+    assert rows["unet_resnet18"]["group_prefixes"] == [["encoder."], ["decoder."], ["segmentation_head."]]
