@@ -60,13 +60,13 @@ def throughput(arch: str, device: torch.device, hw, batch: int, size: int, steps
     from medzoo.registry import registry
 
     torch.manual_seed(0)
-    kw = {"img_size": size} if speed.is_transformer(registry().resolve("archs", arch)) else {}
+    kw = {"img_size": size} if registry().resolve("archs", arch).spec.fixed_input_size else {}
     state = models.create_model(arch, num_classes=2, **kw).state_dict()
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
     crit = torch.nn.CrossEntropyLoss()
     precision = speed.precision("auto", hw)
-    default_cl = speed.channels_last(None, hw, precision, speed.is_transformer(registry().resolve("archs", arch)))
+    default_cl = speed.channels_last(None, hw, precision, not registry().resolve("archs", arch).spec.channels_last)
     default = {(False, False): "fp32", (True, False): "channels_last", (False, True): "bf16",
                (True, True): "channels_last+bf16"}[(default_cl, precision == "bf16")]
     configs = {**CONFIGS, f"{default}+compile": (*CONFIGS[default], True)}

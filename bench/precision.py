@@ -25,7 +25,7 @@ def medzoo_default(arch: str, hw) -> str:
     from medzoo.registry import registry
 
     precision = speed.precision("auto", hw)
-    cl = speed.channels_last(None, hw, precision, speed.is_transformer(registry().resolve("archs", arch)))
+    cl = speed.channels_last(None, hw, precision, not registry().resolve("archs", arch).spec.channels_last)
     return {(False, False): "fp32", (True, False): "channels_last", (False, True): "bf16",
             (True, True): "channels_last+bf16"}[(cl, precision == "bf16")]
 

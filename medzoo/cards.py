@@ -8,6 +8,7 @@ from importlib import resources
 from typing import Any
 
 from . import licenses, store
+from .hublayout import HubLayout, layout_of
 from .lineage import Lineage, SourceRecord, StageRecord
 from .registry import MedzooError, registry
 
@@ -16,28 +17,6 @@ TEMPLATES = {"classification": "classification.md", "multilabel": "classificatio
 PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
                  "segmentation": "image-segmentation"}
 
-ARCH_CITATIONS = {
-    "resnet": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016.",
-    "swin": "Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021.",
-    "densenet": "Huang et al., Densely Connected Convolutional Networks, CVPR 2017.",
-    "efficientnet": "Tan and Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019.",
-    "mobilenetv3": "Howard et al., Searching for MobileNetV3, ICCV 2019.",
-    "mobilenetv2": "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018.",
-    "inception": "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016.",
-    "convnext": "Liu et al., A ConvNet for the 2020s, CVPR 2022.",
-}
-SEGMENTATION_CITATIONS = {
-    "unet_": "Ronneberger et al., U-Net: Convolutional Networks for Biomedical Image Segmentation, MICCAI 2015.",
-    "swin_unetr": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
-                  "in MRI Images, BrainLes 2021.",
-}
-LIBRARY_CITATIONS = {
-    "segmentation_models_pytorch": "Iakubovskii, Segmentation Models Pytorch, "
-                                   "https://github.com/qubvel-org/segmentation_models.pytorch, 2019.",
-    "monai": "Cardoso et al., MONAI: An open-source framework for deep learning in healthcare, arXiv:2211.02701, 2022.",
-}
-# Hugging Face library ids of the libraries whose Hub layout medzoo publishes in
-HF_LIBRARIES = {"timm": "timm", "segmentation_models_pytorch": "segmentation-models-pytorch"}
 METHOD_CITATIONS = [
     "Wightman, PyTorch Image Models (timm), https://github.com/huggingface/pytorch-image-models, 2019.",
     "Ke et al., CheXtransfer: Performance and Parameter Efficiency of ImageNet Models for Chest X-Ray "
@@ -92,11 +71,11 @@ def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any], *, license: str |
                           metric_type=k, metric_name=f"{split} {k}", metric_value=round(v, 6))
                for k, v in finite_metrics(metrics).items()]
     extra = {"license_name": "custom", "license_link": "LICENSE"} if hf == "other" else {}
-    library = library_of(ckpt)
+    hub_layout = layout(ckpt)
     return ModelCardData(
-        license=hf, library_name=HF_LIBRARIES.get(library), pipeline_tag=pipeline, model_name=ckpt.name,
-        tags=["medical-imaging", "transfer-learning", "medzoo", HF_LIBRARIES.get(library, library), pipeline,
-              *modalities],
+        license=hf, library_name=hub_layout.hf_library, pipeline_tag=pipeline, model_name=ckpt.name,
+        tags=list(dict.fromkeys(["medical-imaging", "transfer-learning", "medzoo",
+                                 hub_layout.hf_library or hub_layout.library, pipeline, *modalities])),
         datasets=list(dict.fromkeys(_public(s.dataset) for s in stages)) or None, base_model=base_model(lin),
         eval_results=results or None, **extra)
 
@@ -106,21 +85,10 @@ def _public(dataset: str) -> str:
     return store.public_dataset(dataset)
 
 
-def library_of(ckpt: store.Checkpoint) -> str:
-    """The library that builds the model: timm for classifiers, else what the checkpoint records."""
-    if ckpt.lineage.task != "segmentation":
-        return "timm"
-    return ckpt.config.get("library") or "unknown"
-
-
-def _init_text(ckpt: store.Checkpoint) -> dict[str, str]:
-    """How a plain user of the model's library builds it (recorded at training time as ``init``)."""
-    init = ckpt.config.get("init") or {}
-    module, _, cls = str(init.get("class", "")).rpartition(".")
-    if not module or not isinstance(init.get("args"), dict):
-        return {}
-    args = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in init["args"].items())
-    return {"init_module": module, "init_class": cls, "init_call": f"{cls}({args})"}
+def layout(ckpt: store.Checkpoint) -> HubLayout:
+    """The Hub layout of the checkpoint's architecture (its plugin's ``ArchSpec.hub_layout``): which library
+    loads it and how; an architecture no installed plugin registers is refused, not guessed."""
+    return layout_of(ckpt.lineage.arch)
 
 
 def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None,
@@ -153,7 +121,7 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
     pcfg = config.get("pretrained_cfg") or {}
     licence = card_license(ckpt, license)
     timm_name = lin.timm_name
-    library = library_of(ckpt)
+    hub_layout = layout(ckpt)
     template = resources.files("medzoo_model_cards").joinpath(TEMPLATES[task]).read_text()
     card = ModelCard.from_template(
         data, template_str=template, name=ckpt.name, repo_id=repo_id or f"<org>/{ckpt.name}",
@@ -169,9 +137,9 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         eval_split=metrics.get("split"), eval_images=metrics.get("n_images", "?"),
         in_chans=lin.in_chans, image_size=lin.image_size or "?", mean=pcfg.get("mean"),
         std=pcfg.get("std"), label_names=ckpt.label_names or [], citations=_citations(ckpt, lin.stages),
-        num_classes=ckpt.num_classes, library=library,
-        lineage_file="medzoo.json" if library == "segmentation_models_pytorch" else "config.json",
-        **_init_text(ckpt))
+        num_classes=ckpt.num_classes, library=hub_layout.library, lineage_file=hub_layout.lineage_file,
+        plain_code=hub_layout.plain_code(repo_id or f"<org>/{ckpt.name}", num_classes=ckpt.num_classes,
+                                         in_chans=lin.in_chans, image_size=lin.image_size))
     return str(card)
 
 
@@ -237,18 +205,20 @@ def _source_note(source: SourceRecord) -> str:
 
 def _citations(ckpt: store.Checkpoint, stages: list[StageRecord]) -> list[str]:
     lin = ckpt.lineage
-    timm_name = (lin.timm_name or lin.arch or "").lower()
-    out = [c for key, c in SEGMENTATION_CITATIONS.items() if timm_name.startswith(key)]
-    out += [c for key, c in ARCH_CITATIONS.items() if key in timm_name][:1]
-    library = library_of(ckpt)
-    if library in LIBRARY_CITATIONS:
-        out.append(LIBRARY_CITATIONS[library])
+    archs = registry()
+    arch = archs.resolve("archs", lin.arch).spec
+    # a segmentation architecture's encoder is its classifier's: both papers apply
+    classifier = archs.resolve("archs", arch.classifier).spec if arch.classifier else None
+    out = [c for c in (arch.citation, classifier and classifier.citation, layout(ckpt).citation) if c]
+    out = list(dict.fromkeys(out))
     if lin.source.citation:
         out.append(f"{store.public_source(lin.source.name)} (upstream weights): {lin.source.citation}")
     for s in stages:
         name = _public(s.dataset)
         spec = registry().entries["datasets"].get(s.dataset.partition(":")[0])
-        if spec is not None and spec.modality == "synthetic":
+        if spec is not None and spec.citation:
+            out.append(f"{name}: {spec.citation}")
+        elif spec is not None and spec.modality == "synthetic":
             out.append(f"{name}: synthetic data generated by medzoo (nothing to cite).")
         elif spec is not None and spec.docs:
             out.append(f"{name}: {spec.description or name} — cite as described in {spec.docs}")

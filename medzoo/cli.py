@@ -35,6 +35,8 @@ def spec_dict(spec) -> dict:
     out = {}
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = getattr(value, "name", str(value))  # a trait object (hub_layout) is shown by its name
         if not callable(value):
             out[f.name] = dict(value) if hasattr(value, "items") else value
     out["name"] = display_name(spec)
@@ -214,7 +216,7 @@ def _workers_option(ctx, param, value):
 
 @cli.command()
 @click.argument("arch")
-@click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,medagg,inbreast "
+@click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,DATASET1,DATASET2 "
               "(no source = imagenet first).")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML: a section per stage "
               "(and 'defaults') of recipe keys.")
@@ -388,9 +390,9 @@ def publish(name, repo_id, private, dry_run, out, revision, commit_message, allo
                          allow_non_redistributable=allow_non_redistributable)
     click.echo(f"published {name} to {result.url}")
     click.echo(f"commit {result.commit}  {result.commit_url}")
-    plain = {"timm": f"  or  timm.create_model('hf-hub:{repo_id}', pretrained=True)",
-             "smp": f"  or  smp.from_pretrained('{repo_id}')"}.get(result.layout, "")
-    click.echo(f"load it: medzoo.load('hf-hub:{repo_id}@{result.commit}'){plain}")
+    click.echo(f"load it: medzoo.load('hf-hub:{repo_id}@{result.commit}')")
+    if result.plain_code:  # the architecture's Hub layout says how its own library loads it
+        click.echo("or without medzoo:\n" + "\n".join(f"  {line}" for line in result.plain_code.splitlines()))
     click.echo("catalogue entry (for a MEDZOO_CATALOGUE file or medzoo/catalogue.json):")
     click.echo(json.dumps({name: result.catalogue_entry}, indent=2))
 

@@ -137,7 +137,7 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
     chains = doc.get("chains")
     if not isinstance(chains, dict) or not chains:
         raise _fail(where, "needs 'chains': a mapping of chain name -> stages before the target, e.g. "
-                           "{imagenet: [imagenet], medagg: [imagenet, medagg]}")
+                           "{imagenet: [imagenet], pretrain: [imagenet, DATASET]}")
     chains = {str(k): _names(v, where, f"chains.{k}") for k, v in chains.items()}
     baseline = str(doc.get("baseline", next(iter(chains))))
     if baseline not in chains:
@@ -188,7 +188,7 @@ def _recipe(value: Any, where: str) -> dict[str, dict[str, Any]]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise _fail(where, "'recipe' must map 'defaults' or a dataset name to recipe keys, e.g. "
-                           "{defaults: {epochs: 5}, inbreast: {batch_size: 8}}")
+                           "{defaults: {epochs: 5}, DATASET: {batch_size: 8}}")
     return {str(k): dict(v) for k, v in value.items()}
 
 

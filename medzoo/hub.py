@@ -1,11 +1,9 @@
 """Publishing a stage checkpoint to the Hugging Face Hub in the layout its own library loads.
 
-- classifiers (timm): ``model.safetensors``, ``config.json`` (timm's Hub format, lineage under
-  ``"medzoo"``) and ``README.md`` (the model card), so plain ``timm.create_model("hf-hub:…")`` loads it;
-- segmentation-models-pytorch models: smp's ``save_pretrained`` layout (its ``config.json`` with
-  ``_model_class``, which ``smp.from_pretrained`` reads), the lineage in ``medzoo.json``, the same
-  ``model.safetensors`` and card; one ``config.json`` cannot serve timm and smp at once;
-- other segmentation models (MONAI's Swin UNETR): medzoo's own checkpoint files, as stored.
+The layout is the architecture's trait (``ArchSpec.hub_layout``, a ``medzoo.hublayout.HubLayout``):
+``model.safetensors`` (medzoo's file, byte for byte), ``README.md`` (the model card) and medzoo's config
+(lineage under ``"medzoo"``) as ``config.json``, or, when the layout's library writes its own ``config.json``
+from the built model, as ``medzoo.json`` beside it (one ``config.json`` cannot serve two libraries).
 huggingface_hub's usual configuration applies (``HF_TOKEN`` or ``hf auth login``, ``HF_ENDPOINT``);
 medzoo never reads the token itself, so it cannot write it anywhere.
 """
@@ -21,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import cards, licenses, store, weights
+from .hublayout import MEDZOO_JSON, layout_of
 from .registry import MedzooError
-from .zoo import MEDZOO_JSON
 
 FILES = (store.WEIGHTS, store.CONFIG, "README.md", MEDZOO_JSON)
 DRY_RUN_MARKER = ".medzoo-dry-run"  # marks a folder a dry run wrote, the only non-empty kind it replaces
@@ -37,12 +35,19 @@ class PublishResult:
     folder: Path | None  # the dry run's folder
     files: list[str] = field(default_factory=list)
     catalogue_entry: dict[str, Any] = field(default_factory=dict)
-    layout: str = "timm"
+    layout: str = "medzoo"
+    plain_code: str = ""  # how the layout's own library loads it, without medzoo ('' if only medzoo does)
 
 
 def layout(ckpt: store.Checkpoint) -> str:
-    """Which library's Hub layout a checkpoint is published in: 'timm', 'smp' or 'medzoo'."""
-    return {"timm": "timm", "segmentation_models_pytorch": "smp"}.get(cards.library_of(ckpt), "medzoo")
+    """The name of the Hub layout a checkpoint is published in (its architecture's ``ArchSpec.hub_layout``)."""
+    return layout_of(ckpt.lineage.arch).name
+
+
+def _plain_code(ckpt: store.Checkpoint, repo_id: str) -> str:
+    lin = ckpt.lineage
+    return layout_of(lin.arch).plain_code(repo_id, num_classes=ckpt.num_classes, in_chans=lin.in_chans,
+                                          image_size=lin.image_size)
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -97,11 +102,12 @@ def write_folder(ckpt: store.Checkpoint, dest: Path, *, repo_id: str | None, met
     if license:  # the publisher's licence is the one config.json names too (timm reads pretrained_cfg.license)
         full["pretrained_cfg"] = {**(full.get("pretrained_cfg") or {}), "license": license}
     config = json.dumps(full, indent=2, default=str)
-    if layout(ckpt) == "smp":
+    hub_layout = layout_of(ckpt.lineage.arch)
+    if hub_layout.write is not None:
         from . import zoo
 
-        # smp writes its own config.json (model class and constructor arguments) from the built model
-        zoo.load(ckpt.path).save_pretrained(dest)
+        # the library writes its own config.json (e.g. model class and constructor arguments) from the built model
+        hub_layout.write(zoo.load(ckpt.path), dest)
         (dest / MEDZOO_JSON).write_text(config)
     else:
         (dest / store.CONFIG).write_text(config)
@@ -171,7 +177,8 @@ def dry_run(name: str, out: str | Path | None = None, *, repo_id: str | None = N
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return PublishResult(repo_id or "", "", None, None, final, files,
-                         catalogue_entry(ckpt, repo_id or f"<org>/{name}", None, metrics, license), layout(ckpt))
+                         catalogue_entry(ckpt, repo_id or f"<org>/{name}", None, metrics, license), layout(ckpt),
+                         _plain_code(ckpt, repo_id or f"<org>/{name}"))
 
 
 def publish(name: str, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -196,7 +203,8 @@ def publish(name: str, repo_id: str, *, private: bool = False, revision: str | N
             commit_message=commit_message or f"medzoo: {name}",
             commit_description=f"weights sha256 {ckpt.lineage.weights_sha256}"), "uploading to", repo_id)
     return PublishResult(repo_id, str(getattr(repo_url, "url", repo_url)), info.oid, info.commit_url, None, files,
-                         catalogue_entry(ckpt, repo_id, info.oid, metrics, license), layout(ckpt))
+                         catalogue_entry(ckpt, repo_id, info.oid, metrics, license), layout(ckpt),
+                         _plain_code(ckpt, repo_id))
 
 
 def _hub(fn, doing: str, repo_id: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -33,9 +33,7 @@ class SourceWeights:
 
 def stock_timm_name(ref: Ref) -> str | None:
     """The stock timm architecture behind an arch name (``None`` for non-timm models)."""
-    if ref.spec.timm_name:
-        return ref.spec.timm_name
-    return ref.arg if ref.spec.family == "timm" else None
+    return ref.spec.timm_name  # a ``name:<arg>`` architecture sets it for its argument (``ArchSpec.for_arg``)
 
 
 def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, img_size: int | None = None):
@@ -63,16 +61,23 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
 
 # -- parameter groups (freeze policies use these) ------------------------------------------------
 
-def block_groups(model) -> list[list[str]]:
+def block_groups(model, prefixes: Sequence[Sequence[str]] = ()) -> list[list[str]]:
     """Parameter names in block groups from input to output; the last group is the head.
 
-    timm models group by their own coarse matcher (stem, stage 1…N, head with its final norm), so
-    ``top:2`` means the same thing for a ResNet and a Swin; other models group by top-level child.
+    ``prefixes`` (the architecture's ``ArchSpec.group_prefixes``) name the groups: a parameter joins the group
+    of its longest matching prefix. Without them timm models group by their own coarse matcher (stem, stage
+    1…N, head with its final norm), so ``top:2`` means the same thing for a ResNet and a Swin; other models
+    group by top-level child.
     """
     names = [n for n, _ in model.named_parameters()]
-    prefixes = getattr(model, "medzoo_group_prefixes", None)  # segmentation models: encoder, decoder, head
     if prefixes:
-        return [g for g in ([n for n in names if n.startswith(p)] for p in prefixes) if g]
+        grouped: list[list[str]] = [[] for _ in prefixes]
+        for n in names:
+            best = max(((len(p), i) for i, group in enumerate(prefixes) for p in group if n.startswith(p)),
+                       default=None)
+            if best is not None:
+                grouped[best[1]].append(n)
+        return [g for g in grouped if g]
     if hasattr(model, "group_matcher"):
         from timm.models import group_parameters
 

@@ -210,8 +210,9 @@ def check_chain(stages: list[tuple[str, DataSource]], allow: bool = False) -> di
             continue
         if not allow:
             raise MedzooError(f"stage '{name}': {total} of its val/test images appear in earlier training data "
-                              f"({'; '.join(examples[:3])}); remove them from one side (rebuild medagg without "
-                              f"them) or pass --allow-overlap to train anyway (recorded in the lineage)")
+                              f"({'; '.join(examples[:3])}); remove them from one side (rebuild the "
+                              f"pretraining dataset without them) or pass --allow-overlap to train anyway (recorded "
+                              f"in the lineage)")
         log.warning("stage '%s': %d val/test image(s) appear in earlier training data (allowed): %s", name, total,
                     "; ".join(examples[:3]))
         found[t] = {"allowed": True, "pairs": total, "examples": examples[:5]}

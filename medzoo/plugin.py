@@ -14,6 +14,9 @@ Hooks and specs
     ``PreprocessStepSpec``, ``ReaderSpec``: what a hook registers (frozen dataclasses; ``medzoo info NAME`` prints
     their fields). Names are global per kind: a name another plugin already has is disabled with a warning
     (medzoo's own plugins win).
+    An architecture's traits (fixed input size, channels_last, group prefixes, rebuild, citation; the
+    ``ArchSpec`` docstring) include ``HubLayout``: how it is published and loaded without medzoo (timm's,
+    smp's, MONAI's layouts come from their plugins); ``MEDZOO_LAYOUT``, the default, loads with medzoo only.
     ``Ref``: a resolved name — ``spec`` (the registered spec), ``arg`` (text after ':' or None), ``options``
     (``@key=value`` pairs, text) and ``name`` (as written). A weight source's ``load(arch=…)`` receives one.
     ``registry()``: the process-wide registry; ``registry().resolve(kind, name) -> Ref`` with ``kind`` one of
@@ -119,6 +122,7 @@ from .data import (
 from .download import fetch as download_file
 from .download import md5_file
 from .hookspecs import hookimpl
+from .hublayout import MEDZOO_LAYOUT, HubLayout
 from .identity import file_digests
 from .licenses import license_id, most_restrictive, url_of
 from .models import (
@@ -164,6 +168,8 @@ __all__ = [
     "hookimpl", "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "KeyMapSpec", "Ref", "registry",
     # experiment trackers (`train --log`)
     "LoggerSpec", "Logger", "RunInfo", "StageRun", "Outcome",
+    # architecture traits
+    "HubLayout", "MEDZOO_LAYOUT",
     # errors and messages
     "MedzooError", "MedzooWarning", "did_you_mean", "log",
     # data

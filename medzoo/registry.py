@@ -12,11 +12,14 @@ import importlib.metadata
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pluggy
 
 from . import hookspecs
+
+if TYPE_CHECKING:
+    from .hublayout import HubLayout
 
 ENTRY_POINT_GROUP = "medzoo"
 FIRST_PARTY = "medzoo"  # the distribution whose plugins win a name clash
@@ -37,7 +40,30 @@ class MedzooPluginWarning(MedzooWarning):
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """An architecture. ``build(num_classes=, in_chans=, img_size=, arg=, **options)`` returns an nn.Module."""
+    """An architecture. ``build(num_classes=, in_chans=, img_size=, arg=, **options)`` returns an nn.Module.
+
+    Traits: what the core asks of an architecture, filled in by its plugin (the core never checks names).
+
+    - ``fixed_input_size``: the model is built for one image size (``img_size=`` reaches ``build`` and is
+      recorded in the published config's ``model_args``); transformers with absolute position embeddings
+      or fixed windows, e.g. what timm's ``pretrained_cfg['fixed_input_size']`` says.
+    - ``channels_last``: the channels_last memory format speeds it up (convolutional nets); False for
+      transformers, whose only convolution is the patch embedding (``medzoo.speed.channels_last``).
+    - ``group_prefixes``: block groups from input to output, the last one the head, as parameter-name
+      prefixes; a parameter joins the group of its longest matching prefix ('' matches every name), one
+      matching none joins no group. Freeze policies get these groups (``groups=``). Empty: timm's coarse
+      ``group_matcher`` where the model has one, else one group per top-level child.
+    - ``hub_layout``: the ``medzoo.hublayout.HubLayout`` it publishes in and loads from (None: medzoo's own,
+      loadable with ``medzoo.load`` only); it also gives the model card's "how to load" code.
+    - ``rebuild(config=, lineage=, num_classes=, in_chans=) -> nn.Module``: how ``medzoo.load`` builds the
+      model a checkpoint's ``config.json`` describes, before loading its weights (None: ``build`` with the
+      lineage's image size).
+    - ``citation``: the architecture's paper, as the model card lists it (with the classifier's, for a
+      segmentation architecture).
+    - ``for_arg(arg) -> {field: value}``: trait values that depend on the ``name:<arg>`` argument (the
+      ``timm:<name>`` architecture knows a model's traits only from its name); ``resolve`` applies them, so
+      ``Ref.spec`` carries the argument's traits.
+    """
 
     name: str
     build: Callable[..., Any]
@@ -58,11 +84,22 @@ class ArchSpec:
     # ``saliency_target(model) -> (layer, reshape)``: the layer Grad-CAM reads and, when its output is not
     # N×C×H×W (Swin's NHWC, ViT's tokens), a function making it so; None = the last stage of timm's feature_info
     saliency_target: Callable[[Any], tuple[Any, Callable[[Any], Any] | None]] | None = None
+    fixed_input_size: bool = False
+    channels_last: bool = True
+    group_prefixes: tuple[tuple[str, ...], ...] = ()
+    hub_layout: HubLayout | None = None
+    rebuild: Callable[..., Any] | None = None
+    citation: str = ""
+    for_arg: Callable[[str], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset. ``open(root=, arg=)`` returns a ``medzoo.data.DataSource`` for the data under ``root``."""
+    """A dataset. ``open(root=, arg=)`` returns a ``medzoo.data.DataSource`` for the data under ``root``.
+
+    ``citation``: how its authors ask to be cited (the model card lists it for every stage trained on it;
+    empty: the card points to ``docs``).
+    """
 
     name: str
     open: Callable[..., Any]
@@ -89,12 +126,15 @@ class DatasetSpec:
     # `medzoo data check`: ``missing(root=, arg=) -> [what of the expected layout is absent, full paths]``, with
     # ``root`` as ``open`` gets it
     missing: Callable[..., list[str]] | None = None
+    citation: str = ""
 
 
 @dataclass(frozen=True)
 class FreezePolicySpec:
-    """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=)`` sets ``requires_grad`` at each
+    """A freeze policy. ``apply(model, arg=, epoch=, epochs=, n_train=, groups=)`` sets ``requires_grad`` at each
     epoch start and may return ``{param_name: lr_scale}``, applied to that epoch (optimizer state kept).
+    ``groups`` are the model's block groups, input to output, head last (``medzoo.models.block_groups`` with
+    the architecture's ``ArchSpec.group_prefixes``); passed to an ``apply`` that takes ``groups`` or ``**ctx``.
     A policy that only picks another one (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead.
     ``check(arg)`` raises MedzooError on a bad argument, so a recipe naming ``lld:7`` fails when it is read,
     not after a stage is built."""
@@ -375,6 +415,8 @@ class Registry:
                 allowed = ", ".join(getattr(spec, "options", {})) or "none"
                 hint = _did_you_mean(key, list(getattr(spec, "options", {})))
                 raise MedzooError(f"{k.noun} '{base}' has no option '{key}'{hint} (its options: {allowed})")
+        if arg and getattr(spec, "for_arg", None) is not None:
+            spec = replace(spec, **spec.for_arg(arg))
         return Ref(spec=spec, arg=arg or None, options=options, name=name)
 
     def _suggest(self, kind: str, base: str) -> str:
@@ -394,6 +436,16 @@ def _validate(k: Kind, spec: Any) -> None:
         raise TypeError(f"{k.hook} registered {spec!r}; expected a {k.spec.__name__}")
     if getattr(spec, "task", TASKS[0]) not in TASKS:
         raise ValueError(f"{k.noun} '{spec.name}' has task '{spec.task}', not one of {', '.join(TASKS)}")
+    if isinstance(spec, ArchSpec):  # traits the core relies on without further checks
+        from .hublayout import HubLayout
+
+        if spec.hub_layout is not None and not isinstance(spec.hub_layout, HubLayout):
+            raise TypeError(f"architecture '{spec.name}': hub_layout must be a medzoo.plugin.HubLayout or None")
+        groups = spec.group_prefixes
+        if not isinstance(groups, tuple) or not all(
+                isinstance(g, tuple) and all(isinstance(p, str) for p in g) for g in groups):
+            raise TypeError(f"architecture '{spec.name}': group_prefixes must be a tuple of tuples of prefixes, "
+                            "e.g. (('encoder.',), ('decoder.',), ('head.',))")
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:

@@ -77,12 +77,6 @@ def detect(device: str = "cpu") -> Hardware:
                     local_processes=max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
-def is_transformer(arch_ref) -> bool:
-    """Swin/ViT-like: their only convolution is the patch embedding, so channels_last barely reaches them."""
-    fam = f"{arch_ref.spec.family} {arch_ref.name}".lower()
-    return any(t in fam for t in ("swin", "vit", "deit", "unetr"))
-
-
 def precision(requested: str, hw: Hardware) -> str:
     """``auto``: CUDA bf16 where the GPU has it, else fp16 (with a GradScaler); CPU bf16 autocast only with
     native bf16 (:attr:`Hardware.cpu_bf16_native`), else fp32; MPS fp32."""
@@ -98,7 +92,8 @@ def precision(requested: str, hw: Hardware) -> str:
 
 
 def channels_last(requested: bool | None, hw: Hardware, chosen_precision: str, transformer: bool) -> bool:
-    """Convolutional nets: on (resnet50 on CPU: 1.24x fp32, 1.4x under bf16 on AVX-512; 1.12x on AVX2).
+    """``transformer``: the architecture's ``ArchSpec.channels_last`` is False.
+    Convolutional nets: on (resnet50 on CPU: 1.24x fp32, 1.4x under bf16 on AVX-512; 1.12x on AVX2).
     Transformers (Swin, ViT), whose only convolution is the patch embedding: on only in fp32 on CPU, where it
     measured neutral (0.98x, AVX-512) to faster (1.16x, AVX2); under bf16 autocast it cost 11%."""
     if requested is not None:

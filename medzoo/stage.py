@@ -5,6 +5,7 @@ and write the checkpoint. The chain around it is ``medzoo.trainer``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -90,6 +91,14 @@ def _barrier() -> None:
 
 # -- the stage ------------------------------------------------------------------------------------
 
+def _takes(fn: Any, keyword: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)
+
+
 class StageTrainer:
     overlap: dict | None = None  # {"allowed", "pairs", "examples"}: set by the chain when --allow-overlap was needed
     loggers: Loggers = Loggers()  # --log trackers and the stage's place in the chain: set by the chain
@@ -142,7 +151,8 @@ class StageTrainer:
 
     def _channels_last(self) -> bool:
         return speed.channels_last(self.runtime.channels_last, self.hw,
-                                   speed.precision(self.runtime.precision, self.hw), speed.is_transformer(self.arch_ref))
+                                   speed.precision(self.runtime.precision, self.hw),
+                                   not self.arch_ref.spec.channels_last)
 
     def _transform_cfg(self) -> mzdata.TransformConfig:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -279,8 +289,10 @@ class StageTrainer:
 
     def _apply_policy(self, epoch: int) -> dict[str, float]:
         ref = registry().resolve("policies", self.policy_name)
-        scales = ref.spec.apply(self.model, arg=ref.arg, epoch=epoch, epochs=self.recipe["epochs"],
-                                n_train=self.n_train) or {}
+        ctx = {"arg": ref.arg, "epoch": epoch, "epochs": self.recipe["epochs"], "n_train": self.n_train}
+        if _takes(ref.spec.apply, "groups"):  # policies written before groups= existed keep working
+            ctx["groups"] = models.block_groups(self.model, self.arch_ref.spec.group_prefixes)
+        scales = ref.spec.apply(self.model, **ctx) or {}
         return scales
 
     # -- the loop --------------------------------------------------------------------------------

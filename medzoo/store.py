@@ -274,8 +274,6 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
                   "num_classes": len(classes), "label_names": list(classes),
                   "pretrained_cfg": {k: pretrained_cfg[k] for k in ("tag", "input_size", "mean", "std", "license")},
                   "medzoo": lineage.to_dict()}
-        if getattr(model, "medzoo_init", None):  # how plain users of its library build it (the model card shows it)
-            config["init"] = model.medzoo_init
         return config
     config = {"architecture": stock_timm_name(arch_ref) or arch_ref.name,
               "num_classes": len(classes), "num_features": getattr(model, "num_features", None),
@@ -287,9 +285,8 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
 
 
 def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
-    name = stock_timm_name(arch_ref) or ""
     default = arch_ref.spec.input_size[-1]
-    return {"img_size": size} if name.startswith(("swin", "vit", "deit")) and size != default else {}
+    return {"img_size": size} if arch_ref.spec.fixed_input_size and size != default else {}
 
 
 # -- reading the store --------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     text = stages if isinstance(stages, str) else ",".join(stages)
     stages = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else [str(s).strip() for s in stages]
     if not any(stages):
-        raise MedzooError("--stages is empty; write e.g. --stages imagenet,medagg,inbreast")
+        raise MedzooError("--stages is empty; write e.g. --stages imagenet,DATASET1,DATASET2 "
+                          "(`medzoo list datasets` names them)")
     if not all(stages):
         where = stages.index("") + 1
         raise MedzooError(f"--stages '{text}' has an empty name at position {where} (a stray comma?); "
@@ -126,13 +127,14 @@ def _check_source(first: str) -> None:
 
 def arch_for_task(arch_ref: Ref, task: str, dataset: str) -> Ref:
     """The architecture a stage trains: a segmentation arch's classification stages train its classifier
-    (``unet_swin_t`` trains ``swin_t`` on medagg, and the UNet's encoder then starts from it)."""
+    (a UNet on Swin-T trains Swin-T on a classification dataset, and the UNet's encoder then starts from it)."""
     spec = arch_ref.spec
     if task == "segmentation":
         if spec.task == "segmentation":
             return arch_ref
-        seg = f"unet_{arch_ref.name}"
-        hint = f"use '{seg}'" if seg in registry().entries["archs"] else "`medzoo list archs` shows segmentation archs"
+        # segmentation architectures whose encoder is this classifier (their ArchSpec.classifier)
+        seg = [s.name for s in registry().list("archs") if s.task == "segmentation" and s.classifier == arch_ref.name]
+        hint = f"use {' or '.join(repr(n) for n in seg)}" if seg else "`medzoo list archs` shows segmentation archs"
         raise MedzooError(f"'{dataset}' is a segmentation dataset but '{arch_ref.name}' is a classification "
                           f"architecture; {hint}")
     if spec.task == "segmentation":

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from . import data as mzdata, models, store, weights as weights_reader
+from .hublayout import MEDZOO_JSON, foreign_hint
 from .lineage import MAX_CHANS, MAX_CLASSES, Lineage
 from .registry import MedzooError, did_you_mean, registry
 
 HF_PREFIX = "hf-hub:"
 PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
-MEDZOO_JSON = "medzoo.json"  # medzoo's config beside another library's config.json (smp's layout)
-SMP_CLASS = "_model_class"  # the key smp's save_pretrained writes into its config.json
 
 
 @dataclass
@@ -119,7 +118,7 @@ def _from_dir(path: Path, origin: str, weights_file: Path | None = None) -> Loca
         raise MedzooError(f"{origin} has no {store.CONFIG} beside the weights, so its architecture is unknown; "
                           "keep the config.json that came with it")
     config = _read_config(config_path, origin)
-    if "medzoo" not in config and SMP_CLASS in config and (path / MEDZOO_JSON).is_file():
+    if "medzoo" not in config and (path / MEDZOO_JSON).is_file():  # a layout whose library owns config.json
         config = _read_config(path / MEDZOO_JSON, origin)
     rest, lin = store.parse_config(config, origin)
     return _located(rest, lin, weights, origin)
@@ -153,12 +152,13 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
     config_path = _hub_call(lambda: hf_hub_download(repo_id, store.CONFIG, revision=revision), where, store.CONFIG)
     commit = Path(config_path).parent.name  # the cache names snapshot folders by commit hash
     config = _read_config(Path(config_path), where)
-    if "medzoo" not in config and SMP_CLASS in config:  # smp's layout: medzoo's config.json is medzoo.json
-        path = _hub_call(lambda: hf_hub_download(repo_id, MEDZOO_JSON, revision=commit), where, MEDZOO_JSON)
+    if "medzoo" not in config:  # a layout whose library owns config.json keeps medzoo's in medzoo.json
+        hint = foreign_hint(config, repo_id)
+        path = _hub_call(lambda: hf_hub_download(repo_id, MEDZOO_JSON, revision=commit), where, MEDZOO_JSON, hint)
         config = _read_config(Path(path), where)
-    if "medzoo" not in config:
-        raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage); "
-                          f"load it with timm.create_model('{HF_PREFIX}{repo_id}', pretrained=True)")
+        if "medzoo" not in config:
+            raise MedzooError(f"{where} is not a medzoo model (neither config.json nor {MEDZOO_JSON} holds a "
+                              f"\"medzoo\" lineage){hint}")
     rest, lin = store.parse_config(config, where)
     weights_path = None
     if weights:
@@ -167,7 +167,7 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
     return _located(rest, lin, weights_path, f"{HF_PREFIX}{repo_id}@{commit}")
 
 
-def _hub_call(fn, where: str, filename: str):
+def _hub_call(fn, where: str, filename: str, hint: str = ""):
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
@@ -182,8 +182,9 @@ def _hub_call(fn, where: str, filename: str):
                           "(offline?); load it once online, or unset HF_HUB_OFFLINE") from None
     except EntryNotFoundError:
         if filename == MEDZOO_JSON:
-            raise MedzooError(f"{where} is a segmentation-models-pytorch repo without medzoo.json, so not a medzoo "
-                              "model; load it with smp.from_pretrained") from None
+            hint = hint or "; load it with the library that wrote it"
+            raise MedzooError(f"{where} is not a medzoo model (its config.json has no \"medzoo\" lineage and the "
+                              f"repo has no {MEDZOO_JSON}){hint}") from None
         hint = (" (medzoo loads only safetensors; a repo with pytorch_model.bin holds pickled weights)"
                 if filename == store.WEIGHTS else "")
         raise MedzooError(f"{where} has no {filename}{hint}; publish it with `medzoo publish`") from None
@@ -236,7 +237,10 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_
         # GIL): the check costs ~nothing on top of timm's own create_model + load (bench/load.py)
         with ThreadPoolExecutor(1, thread_name_prefix="medzoo-load") as pool:
             weights = pool.submit(read_weights, found) if pretrained else None
-            model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.image_size)
+            if ref.spec.rebuild is not None:  # the architecture rebuilds itself from its stored config
+                model = ref.spec.rebuild(config=config, lineage=lin, num_classes=classes, in_chans=chans)
+            else:
+                model = models.build(ref, num_classes=classes, in_chans=chans, img_size=lin.image_size)
             if weights is not None:
                 state, sha = weights.result()  # raises here on a hash mismatch: nothing was loaded
         if state is not None:

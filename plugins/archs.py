@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from medzoo.plugin import ArchSpec, MedzooError, did_you_mean, feature_layer, hookimpl
+import functools
+from typing import Any
+
+from medzoo.plugin import ArchSpec, HubLayout, MedzooError, did_you_mean, feature_layer, hookimpl
 
 # short name -> (stock timm name, family, default input size)
 SHORT_NAMES = {
@@ -15,6 +18,30 @@ SHORT_NAMES = {
     "efficientnet_b0": ("efficientnet_b0", "efficientnet", 224),
     "inception_v3": ("inception_v3", "inception", 299),
 }
+
+# papers by a substring of the timm name (the first match is cited)
+CITATIONS = {
+    "resnet": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016.",
+    "swin": "Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021.",
+    "densenet": "Huang et al., Densely Connected Convolutional Networks, CVPR 2017.",
+    "efficientnet": "Tan and Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019.",
+    "mobilenetv3": "Howard et al., Searching for MobileNetV3, ICCV 2019.",
+    "mobilenetv2": "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018.",
+    "inception": "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016.",
+    "convnext": "Liu et al., A ConvNet for the 2020s, CVPR 2022.",
+    "deit": "Touvron et al., Training data-efficient image transformers & distillation through attention, ICML 2021.",
+    "beit": "Bao et al., BEiT: BERT Pre-Training of Image Transformers, ICLR 2022.",
+    "vit_": "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale, "
+            "ICLR 2021.",
+}
+# transformers: their only convolution is the patch embedding, so channels_last barely reaches them, and
+# the ones timm's pretrained_cfg does not mark still take their image size at build time
+TRANSFORMERS = ("swin", "vit", "deit", "beit", "test_vit")
+
+# timm's own Hub layout: config.json in timm's format, so plain timm.create_model("hf-hub:...") loads it
+TIMM_LAYOUT = HubLayout(
+    name="timm", library="timm", hf_library="timm", recognise=lambda config: "architecture" in config,
+    load_code=lambda *, repo_id, **_: f'import timm\nmodel = timm.create_model("hf-hub:{repo_id}", pretrained=True)')
 
 TRUNCATE_HELP = ("drop the last N block groups (feature stages) and put the head on what is left: "
                  "much smaller, often as accurate on small medical tasks")
@@ -38,7 +65,19 @@ def _fixed_size(timm_name: str) -> bool:
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(timm_name)
-    return bool(cfg and cfg.fixed_input_size) or timm_name.startswith(("swin", "vit", "deit", "beit", "test_vit"))
+    return bool(cfg and cfg.fixed_input_size) or timm_name.startswith(TRANSFORMERS)
+
+
+@functools.lru_cache(maxsize=None)
+def timm_traits(timm_name: str) -> dict[str, Any]:
+    """The ArchSpec traits of a stock timm model, from its name and timm's pretrained_cfg."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name)
+    size = {"input_size": tuple(cfg.input_size)} if cfg and cfg.input_size else {}
+    return {"timm_name": timm_name, "fixed_input_size": _fixed_size(timm_name), **size,
+            "channels_last": not timm_name.startswith(TRANSFORMERS),
+            "citation": next((c for key, c in CITATIONS.items() if key in timm_name), "")}
 
 
 def truncate_model(model, k: int, num_classes: int):
@@ -94,6 +133,8 @@ def _spec(name: str, timm_name: str, family: str, size: int) -> ArchSpec:
         description=f"timm {timm_name}",
         options={"truncate": TRUNCATE_HELP},
         saliency_target=saliency_target,
+        hub_layout=TIMM_LAYOUT,
+        **{k: v for k, v in timm_traits(timm_name).items() if k not in ("timm_name", "input_size")},
     )
 
 
@@ -111,4 +152,6 @@ def register_archs(register):
         arg_help="timm name",
         options={"truncate": TRUNCATE_HELP},
         saliency_target=saliency_target,
+        hub_layout=TIMM_LAYOUT,
+        for_arg=timm_traits,
     ))

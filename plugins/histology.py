@@ -128,6 +128,8 @@ def register_datasets(register):
     register(DatasetSpec(
         name="bcss", open=open_bcss, task="segmentation", modality="histology", body_part="breast",
         license="cc0-1.0", license_url="https://bcsegmentation.grand-challenge.org/", docs="docs/datasets/bcss.md",
+        citation="Amgad et al., Structured crowdsourcing enables convolutional segmentation of histology images, "
+                 "Bioinformatics 2019.",
         description="BCSS breast cancer semantic segmentation (TCGA, 0.25 MPP), tiled; code 0 (outside ROI) ignored",
         takes_arg=True, arg_required=False, arg_help="tile px",
         manual_steps=portals.BCSS, missing=portals.missing_bcss,

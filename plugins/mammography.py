@@ -261,11 +261,18 @@ def open_cbis(*, root=None, arg=None, roi: bool = False) -> CbisSource:
                       meta={"moved_to_test": moved})
 
 
+INBREAST_CITATION = ("Moreira et al., INbreast: toward a full-field digital mammographic database, Academic "
+                     "Radiology 2012.")
+CBIS_CITATION = ("Lee et al., A curated mammography data set for use in computer-aided detection and diagnosis "
+                 "research, Scientific Data 2017.")
+
+
 @hookimpl
 def register_datasets(register):
     register(DatasetSpec(
         name="inbreast", open=open_inbreast, classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast",
         license="other", docs="docs/datasets/inbreast.md",  # research use under the INbreast data agreement
+        citation=INBREAST_CITATION,
         description="INbreast full-field digital mammograms (410 images): benign (BI-RADS 1-3) vs malignant "
                     "(4-6); ':birads' for 6 BI-RADS classes, ':density' for ACR density",
         takes_arg=True, arg_required=False, arg_help="binary|birads|density",
@@ -277,7 +284,7 @@ def register_datasets(register):
         name="cbis_ddsm", open=lambda *, root=None, arg=None: open_cbis(root=root, arg=arg),
         classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="cc-by-3.0",
         license_url="https://www.cancerimagingarchive.net/collection/cbis-ddsm/",
-        docs="docs/datasets/cbis_ddsm.md",
+        docs="docs/datasets/cbis_ddsm.md", citation=CBIS_CITATION,
         description="CBIS-DDSM full mammograms, benign vs malignant (official train/test kept); ':mass' or ':calc'",
         takes_arg=True, arg_required=False, arg_help="mass|calc", recipe=MAMMO_RECIPE,
         manual_steps=portals.CBIS_DDSM, missing=portals.missing_cbis))
@@ -285,7 +292,7 @@ def register_datasets(register):
         name="cbis_ddsm_roi", open=lambda *, root=None, arg=None: open_cbis(root=root, arg=arg, roi=True),
         classes=BENIGN_MALIGNANT, modality="mammography", body_part="breast", license="cc-by-3.0",
         license_url="https://www.cancerimagingarchive.net/collection/cbis-ddsm/",
-        docs="docs/datasets/cbis_ddsm.md",
+        docs="docs/datasets/cbis_ddsm.md", citation=CBIS_CITATION,
         description="CBIS-DDSM ROI crops, one per abnormality, benign vs malignant; ':mass' or ':calc'",
         takes_arg=True, arg_required=False, arg_help="mass|calc",
         manual_steps=portals.CBIS_DDSM, missing=portals.missing_cbis,

@@ -232,6 +232,8 @@ def register_datasets(register):
         name="medmnist", open=open_medmnist, task="classification", modality="various", body_part="various",
         license="cc-by-4.0", license_url="https://medmnist.com/",  # per flag: FLAGS
         docs="docs/datasets/medmnist.md",
+        citation="Yang et al., MedMNIST v2: A large-scale lightweight benchmark for 2D and 3D biomedical image "
+                 "classification, Scientific Data 2023.",
         description="a 2D MedMNIST/MedMNIST+ dataset from its npz, e.g. medmnist:pathmnist_224 "
                     "(chestmnist is multilabel, retinamnist ordinal)",
         takes_arg=True, arg_help="flag[_size]", download=download_medmnist, missing=missing_medmnist,

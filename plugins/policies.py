@@ -14,8 +14,12 @@ def _train_only(model, names: set[str]) -> None:
         p.requires_grad_(n in names)
 
 
-def _top(model, k: int, policy: str) -> None:
-    groups = block_groups(model)
+def _groups(model, ctx) -> list[list[str]]:
+    # the stage passes the architecture's groups (ArchSpec.group_prefixes); a direct call groups by timm's matcher
+    return ctx.get("groups") or block_groups(model)
+
+
+def _top(model, k: int, policy: str, groups: list[list[str]]) -> None:
     if k < 0 or k > len(groups) - 1:
         raise MedzooError(f"freeze policy '{policy}': this model has {len(groups) - 1} block groups below its head, "
                           f"so K must be 0..{len(groups) - 1}")
@@ -39,17 +43,17 @@ def apply_full(model, arg=None, **ctx):
 
 
 def apply_head(model, arg=None, **ctx):
-    _top(model, 0, "head")
+    _top(model, 0, "head", _groups(model, ctx))
 
 
 def apply_top(model, arg=None, **ctx):
-    _top(model, _int(arg, "top"), f"top:{arg}")
+    _top(model, _int(arg, "top"), f"top:{arg}", _groups(model, ctx))
 
 
 def apply_gradual(model, arg=None, epoch=0, **ctx):
     every = max(1, _int(arg, "gradual", default=1))
-    groups = len(block_groups(model)) - 1
-    _top(model, min(groups, epoch // every), "gradual")
+    groups = _groups(model, ctx)
+    _top(model, min(len(groups) - 1, epoch // every), "gradual", groups)
 
 
 def _decay(arg) -> float:

@@ -100,6 +100,8 @@ def register_datasets(register):
     register(DatasetSpec(
         name="chest_xray", open=open_chest_xray, classes=CHEST_CLASSES, modality="X-ray", body_part="chest",
         license="cc-by-4.0", license_url="https://data.mendeley.com/datasets/rscbjbr9sj/2", docs="docs/datasets/chest_xray.md",
+        citation="Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning, "
+                 "Cell 2018.",
         description="Kermany pediatric chest X-rays, normal vs pneumonia (5,856 images); ':3class' splits "
                     "pneumonia into bacterial and viral",
         takes_arg=True, arg_required=False, arg_help="3class",

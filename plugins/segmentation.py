@@ -7,9 +7,9 @@ from __future__ import annotations
 import itertools
 import re
 
-from medzoo.plugin import ArchSpec, MedzooError, Transfer, hookimpl
+from medzoo.plugin import ArchSpec, HubLayout, MedzooError, Transfer, hookimpl
 
-from .archs import SHORT_NAMES
+from .archs import SHORT_NAMES, TRANSFORMERS, timm_traits
 
 UNET_ENCODERS = ("swin_t", "resnet18", "resnet50", "densenet121", "mobilenetv2", "mobilenetv3", "efficientnet_b0")
 SWIN_T = dict(feature_size=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
@@ -19,10 +19,12 @@ def build_unet(timm_name: str, *, num_classes: int, in_chans: int = 3, img_size:
     import segmentation_models_pytorch as smp
 
     kw = {"img_size": img_size} if img_size and timm_name.startswith("swin") else {}
-    model = smp.Unet(encoder_name=f"tu-{timm_name}", encoder_weights=None, in_channels=in_chans,
-                     classes=num_classes, **kw)
-    model.medzoo_group_prefixes = [("encoder.",), ("decoder.",), ("segmentation_head.",)]
-    return model
+    return smp.Unet(encoder_name=f"tu-{timm_name}", encoder_weights=None, in_channels=in_chans,
+                    classes=num_classes, **kw)
+
+
+def _swin_unetr_args(*, num_classes: int, in_chans: int) -> dict:
+    return dict(in_channels=in_chans, out_channels=num_classes, spatial_dims=2, **SWIN_T)
 
 
 def build_swin_unetr(*, num_classes: int, in_chans: int = 3, img_size: int | None = None, **_):
@@ -33,12 +35,37 @@ def build_swin_unetr(*, num_classes: int, in_chans: int = 3, img_size: int | Non
     if img_size and (img_size % 32 or img_size < 64):
         raise MedzooError(f"swin_unetr needs an image size that is a multiple of 32 and at least 64, not "
                           f"{img_size}; set image_size to e.g. {max(64, img_size // 32 * 32)}")
-    args = dict(in_channels=in_chans, out_channels=num_classes, spatial_dims=2, **SWIN_T)
-    model = SwinUNETR(**args)
-    model.medzoo_init = {"class": "monai.networks.nets.SwinUNETR", "args": args}
-    decoder = tuple(f"{n}." for n, _ in model.named_children() if n not in ("swinViT", "out"))
-    model.medzoo_group_prefixes = [("swinViT.",), decoder, ("out.",)]
-    return model
+    return SwinUNETR(**_swin_unetr_args(num_classes=num_classes, in_chans=in_chans))
+
+
+# -- how they are published ------------------------------------------------------------------------
+
+SMP_CITATION = ("Iakubovskii, Segmentation Models Pytorch, https://github.com/qubvel-org/segmentation_models.pytorch, "
+                "2019.")
+MONAI_CITATION = ("Cardoso et al., MONAI: An open-source framework for deep learning in healthcare, arXiv:2211.02701, "
+                  "2022.")
+
+# smp's save_pretrained layout: its config.json (with _model_class) is what smp.from_pretrained reads
+SMP_LAYOUT = HubLayout(
+    name="smp", library="segmentation_models_pytorch", hf_library="segmentation-models-pytorch",
+    write=lambda model, folder: model.save_pretrained(folder),
+    load_code=lambda *, repo_id, **_: ("import segmentation_models_pytorch as smp\n"
+                                        f'model = smp.from_pretrained("{repo_id}")'),
+    recognise=lambda config: "_model_class" in config, citation=SMP_CITATION)
+
+
+def _monai_code(*, repo_id: str, num_classes: int, in_chans: int, **_) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in _swin_unetr_args(num_classes=num_classes, in_chans=in_chans).items())
+    return ("from huggingface_hub import hf_hub_download\nfrom safetensors.torch import load_file\n"
+            f"from monai.networks.nets import SwinUNETR\nmodel = SwinUNETR({args})\n"
+            f'model.load_state_dict(load_file(hf_hub_download("{repo_id}", "model.safetensors")))')
+
+
+# MONAI has no Hub format of its own: medzoo's files, and the card shows how to build it in plain MONAI
+MONAI_LAYOUT = HubLayout(name="medzoo", library="monai", load_code=_monai_code, citation=MONAI_CITATION)
+UNET_CITATION = "Ronneberger et al., U-Net: Convolutional Networks for Biomedical Image Segmentation, MICCAI 2015."
+SWIN_UNETR_CITATION = ("Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
+                       "in MRI Images, BrainLes 2021.")
 
 
 # -- classification weights into segmentation encoders ----------------------------------------------
@@ -147,9 +174,16 @@ def register_archs(register):
             task="segmentation", family="unet", input_size=(3, size, size),
             description=f"UNet (segmentation-models-pytorch) on timm's {timm_name} features; the encoder takes "
                         f"{short}'s classification weights",
-            classifier=short, load_parent=load_unet_parent))
+            classifier=short, load_parent=load_unet_parent,
+            fixed_input_size=timm_traits(timm_name)["fixed_input_size"],  # the encoder's
+            channels_last=not timm_name.startswith(TRANSFORMERS),
+            group_prefixes=(("encoder.",), ("decoder.",), ("segmentation_head.",)),
+            hub_layout=SMP_LAYOUT, citation=UNET_CITATION))
     register(ArchSpec(
         name="swin_unetr", build=build_swin_unetr, task="segmentation", family="swin_unetr",
         input_size=(3, 224, 224), classifier="swin_t", load_parent=load_swin_unetr_parent,
         description="MONAI Swin UNETR (2D) with Swin-T widths/depths; timm Swin-T blocks map into its encoder "
-                    "(not the 2×2 patch embedding nor the extra last merge)"))
+                    "(not the 2×2 patch embedding nor the extra last merge)",
+        channels_last=False,
+        group_prefixes=(("swinViT.",), ("",), ("out.",)),  # encoder, everything else (the decoder), head
+        hub_layout=MONAI_LAYOUT, citation=SWIN_UNETR_CITATION))

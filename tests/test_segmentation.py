@@ -60,7 +60,12 @@ def test_swin_unetr_maps_swin_t_blocks_and_reports_the_share():
         ref.spec.load_parent(net, _randomised_classifier("resnet18"), keep_head=False, origin="resnet18 weights")
     with torch.no_grad():
         assert net(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
-    assert net.medzoo_init["args"]["feature_size"] == 96  # what the model card tells MONAI users to build
+    code = ref.spec.hub_layout.plain_code("lab/x", num_classes=2, in_chans=3, image_size=64)
+    assert "SwinUNETR(" in code and "feature_size=96" in code  # what the model card tells MONAI users to build
+    groups = models.block_groups(net, ref.spec.group_prefixes)  # encoder, decoder (everything else), head
+    assert len(groups) == 3 and all(n.startswith("swinViT.") for n in groups[0])
+    assert all(n.startswith("out.") for n in groups[2])
+    assert not any(n.startswith(("swinViT.", "out.")) for n in groups[1])
     for bad in (48, 32):  # 32 builds, but its 1×1 bottleneck fails in training: refused up front
         with pytest.raises(MedzooError, match="multiple of 32 and at least 64"):
             models.build(ref, num_classes=2, img_size=bad)

@@ -94,7 +94,7 @@ def test_hub_errors_are_one_line(ckpt, hub):
     api.create_repo("lab/plain-timm")
     api.upload_file(path_or_fileobj=json.dumps({"architecture": "resnet18"}).encode(), path_in_repo="config.json",
                     repo_id="lab/plain-timm")
-    with pytest.raises(MedzooError, match=r"not a medzoo model .*timm.create_model\('hf-hub:lab/plain-timm'"):
+    with pytest.raises(MedzooError, match=r"not a medzoo model .*timm.create_model\(\"hf-hub:lab/plain-timm\""):
         medzoo.load("hf-hub:lab/plain-timm")
     with pytest.raises(MedzooError, match="--repo-id 'nope' is not ORG/NAME"):
         mzhub.publish(ckpt, "nope")

@@ -63,7 +63,9 @@ def test_a_plain_smp_repo_is_not_taken_for_a_medzoo_model(hub, tmp_path):
     net.save_pretrained(tmp_path / "plain")
     huggingface_hub.HfApi().create_repo("lab/plain-unet", exist_ok=True)
     huggingface_hub.HfApi().upload_folder(repo_id="lab/plain-unet", folder_path=tmp_path / "plain")
-    with pytest.raises(MedzooError, match=r"repo without medzoo.json, so not a medzoo model; load it with smp.from_pretrained"):
+    with pytest.raises(MedzooError, match=r"not a medzoo model .*no medzoo.json\); it looks like a "
+                                          r"segmentation_models_pytorch model: load it with .*"
+                                          r"smp.from_pretrained\(\"lab/plain-unet\"\)"):
         medzoo.load("hf-hub:lab/plain-unet")
 
 
