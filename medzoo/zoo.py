@@ -252,6 +252,10 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_
     model.pretrained_cfg = pcfg
     model.medzoo_lineage = lin
     model.medzoo_origin = found.origin
+    from .operating import read as read_operating_point
+
+    # the threshold chosen on validation for these weights (None if none, or chosen for other weights)
+    model.medzoo_operating_point = read_operating_point(config, found.origin, weights_sha256=lin.weights_sha256)
     if device is not None:
         model.to(device)
     return model.eval()
