@@ -299,6 +299,9 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     local = store.find_local(str(name)) if write else None
     can_store = local is not None and not out
     op_point, write_point = None, False
+    if store_threshold and not can_store:
+        raise MedzooError("--store-threshold stores the point in a local checkpoint's config.json, and this evaluation "
+                          "records nothing (a model outside the local store, or --out); drop --store-threshold")
     model = model if model is not None else load(name, device=dev)
     source, dataset = open_for(model, dataset, split, data_root)
     task = source.task

@@ -54,6 +54,7 @@ def threshold_free(p: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
     import torchmetrics.functional.classification as F
 
     out: dict[str, float] = {}
+    p = p.contiguous()  # torch.bucketize (in the ECE) warns on strided columns
     if _both(t):
         for level in LEVELS:
             pct = round(level * 100)
@@ -306,9 +307,6 @@ def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, ask
     stored = getattr(model, "medzoo_operating_point", None)
     if stored is not None and stored.classes != list(preds.classes):
         stored = None
-    if store_it and not can_store:
-        raise MedzooError("--store-threshold stores the point in a local checkpoint's config.json; this evaluation "
-                          "records nothing (a model outside the local store, or --out): drop --store-threshold")
     if asked is None and store_it:
         asked = ("youden", None)
     if asked is None and stored is not None:
