@@ -30,12 +30,18 @@ from .registry import MedzooError
 # How multi-class and multi-label results are averaged: written into every metrics.json and the docs.
 AVERAGING = {
     "binary": "positive class = the second class ('{positive}'): precision, recall (sensitivity), specificity "
-              "and F1 threshold its probability at 0.5; AUC and average precision rank it",
+              "and F1 threshold its probability at 0.5; AUC and average precision rank it; sensitivity/"
+              "specificity at 90/95% of the other, ECE and the operating point are those of the positive class",
     "multiclass": "prediction = the most probable class; precision, recall, specificity, F1, AUC (one-vs-rest) "
                   "and average precision are macro averages over the classes present (each class counts "
-                  "equally); accuracy is micro (the fraction of images predicted right)",
+                  "equally); accuracy is micro (the fraction of images predicted right); sensitivity/specificity "
+                  "at 90/95% of the other and ECE are per class one-vs-rest (per_class_operating), their macro "
+                  "mean over classes with positives and negatives in metrics; the operating point has one-vs-rest "
+                  "thresholds per class, reported only (the decision stays the most probable class)",
     "multilabel": "each label thresholded at 0.5; precision, recall, specificity, F1, accuracy, AUC and average "
-                  "precision are macro averages over labels (each label counts equally)",
+                  "precision are macro averages over labels (each label counts equally); sensitivity/specificity "
+                  "at 90/95% of the other and ECE per label (per_class_operating), their macro mean in metrics; "
+                  "the operating point has one threshold per label, each applied to its label",
     "segmentation": "Dice and IoU per class from the summed pixel confusion matrix; the means leave out "
                     "'background', the ignored code and classes absent from truth and prediction",
 }
