@@ -236,7 +236,8 @@ def choose_point(probs: torch.Tensor, target: torch.Tensor, task: str, classes: 
         if rule != "youden" and figs[rule] < level:
             raise MedzooError(f"no threshold reaches {rule} {level:g} for '{c}' on the {split} split of {dataset} "
                               f"(best {figs[rule]:.3f}); lower the target")
-        thresholds[c], val[c] = th, {**figs, "n_positive": int(t.sum()), "n_negative": int(len(t) - t.sum())}
+        # undefined figures (no calls, so no PPV) are None, as config.json keeps them
+        thresholds[c], val[c] = th, _finite({**figs, "n_positive": int(t.sum()), "n_negative": int(len(t) - t.sum())})
     return OperatingPoint(thresholds, rule, level, split, dataset, list(classes), kind, weights_sha256, val,
                           chosen=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -278,7 +279,7 @@ def calibration_report(probs: torch.Tensor, target: torch.Tensor, task: str, cla
     return metrics, details
 
 
-def _applied(op: OperatingPoint, probs, target, task, *, groups, resamples, seed) -> dict[str, Any]:
+def _applied(op: OperatingPoint, probs, target, *, groups, resamples, seed) -> dict[str, Any]:
     """The figures of ``op``'s thresholds on an evaluated split, per class, with bootstrap intervals."""
     from .evaluation import bootstrap
 
@@ -315,8 +316,7 @@ def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, ask
         rule, level = asked or ("youden", None)
         try:
             vp = preds if split == "val" else val_preds()
-            op = choose_point(vp.probs, vp.target, lin.task if lin.task == "multilabel" else source.task,
-                              list(preds.classes), rule=rule, level=level, split="val", dataset=dataset,
+            op = choose_point(vp.probs, vp.target, source.task, list(preds.classes), rule=rule, level=level, split="val", dataset=dataset,
                               weights_sha256=lin.weights_sha256 or "")
         except MedzooError as exc:
             if asked is not None:
@@ -325,9 +325,9 @@ def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, ask
             return None
         chosen_now = True
     replace = chosen_now and can_store and (store_it or stored is None)
-    applied = _applied(op, preds.probs, preds.target, source.task, groups=groups, resamples=resamples, seed=seed)
+    applied = _applied(op, preds.probs, preds.target, groups=groups, resamples=resamples, seed=seed)
     if split == "test" and dataset == op.dataset and (replace or not chosen_now):
-        op.test = {"dataset": dataset, "split": split, "n_images": len(preds.records), "figures": applied}
+        op.test = _finite({"dataset": dataset, "split": split, "n_images": len(preds.records), "figures": applied})
     if chosen_now and stored is not None and not store_it:
         print(f"[{lin.name}] reported, not stored: the checkpoint keeps its {stored.rule_text} threshold; "
               "pass --store-threshold to replace it", flush=True)

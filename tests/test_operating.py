@@ -172,3 +172,30 @@ def test_bad_flags_are_one_line(ckpt, tmp_path):
     rewrite_config(ckpt, lambda c: c.update(operating_point={"rule": "youden"}))
     with pytest.raises(MedzooError, match="its operating_point is broken"):
         medzoo.load(ckpt)
+
+
+def test_multilabel_checkpoint_gets_a_threshold_per_label_end_to_end(tmp_path, monkeypatch):
+    import datagen
+
+    datagen.make_medmnist(tmp_path / "mm", "chestmnist", 28, n=(24, 16, 16), multilabel=14)
+    monkeypatch.setenv("MEDZOO_DATA_MEDMNIST", str(tmp_path / "mm"))
+    name = medzoo.train("timm:test_resnet", "scratch,medmnist:chestmnist", overrides=["epochs=1", "image_size=28"],
+                       precision="fp32")[-1].name
+    result = evaluate(name, bootstrap=0)
+    op = result.operating_point
+    classes = store.get_local(name).label_names
+    assert op.kind == "multilabel" and op.classes == classes
+    # one threshold per label, and what is stored is what was applied (undefined figures as null both ways)
+    stored = operating.read(store.get_local(name).full_config())
+    assert stored == op and set(op.thresholds) == set(classes)
+    rows = _csv(result.out_dir / "predictions.csv")
+    probs = torch.tensor([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=torch.float64)
+    truth = torch.tensor([json.loads(r["label"]) for r in rows])
+    for i, c in enumerate(classes):  # each label's test figures are its own counts at its own threshold
+        called = probs[:, i] >= op.thresholds[c] - 1e-6
+        pos = truth[:, i].bool()
+        if pos.any():
+            assert op.test["figures"][c]["sensitivity"] == pytest.approx(float((called & pos).sum() / pos.sum()))
+    decisions = op.decide(probs)
+    assert len(decisions) == 16 and all(set(d.split(";")) <= set(classes) for d in decisions if d)
+    assert "per_class_operating" in json.loads((result.out_dir / "metrics.json").read_text())
