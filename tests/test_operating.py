@@ -152,6 +152,9 @@ def test_the_point_travels_with_publish_and_load(ckpt, hub):
     assert OperatingPoint.from_dict(published["operating_point"]) == stored
     model = medzoo.load("hf-hub:lab/lesion-net")
     assert model.medzoo_operating_point == stored
+    import timm
+
+    timm.create_model("hf-hub:lab/lesion-net", pretrained=True)  # plain timm still loads it (it ignores the key)
     assert medzoo.load(ckpt).medzoo_operating_point == stored
     readme = ModelCard(hub.repos["lab/lesion-net"].commits[result.commit].files["README.md"].decode()).text
     assert "### Operating point" in readme and f"{stored.thresholds['present']:.4f}" in readme
