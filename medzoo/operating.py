@@ -31,7 +31,8 @@ def kind_of(task: str, classes: list[str]) -> str:
     return "multilabel" if task == "multilabel" else ("binary" if len(classes) == 2 else "multiclass")
 
 
-def series(probs: torch.Tensor, target: torch.Tensor, kind: str, classes: list[str]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def series(probs: torch.Tensor, target: torch.Tensor, kind: str,
+           classes: list[str]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(class, p(class), 0/1 truth) per scored class: the positive class for two classes, else every class
     one-vs-rest (every label for multi-label)."""
     probs, target = probs.double(), target.long()
@@ -74,7 +75,10 @@ def figures_at(p: torch.Tensor, t: torch.Tensor, threshold: float) -> dict[str, 
     truth = t.bool()
     tp, fp = int((pos & truth).sum()), int((pos & ~truth).sum())
     fn, tn = int((~pos & truth).sum()), int((~pos & ~truth).sum())
-    ratio = lambda a, b: a / (a + b) if a + b else math.nan  # noqa: E731
+
+    def ratio(a: int, b: int) -> float:
+        return a / (a + b) if a + b else math.nan
+
     return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp), "npv": ratio(tn, fn)}
 
 
@@ -114,7 +118,8 @@ class OperatingPoint:
     def rule_text(self) -> str:
         if self.rule == "youden":
             return "Youden's J (max sensitivity + specificity − 1)"
-        return f"highest {'specificity' if self.rule == 'sensitivity' else 'sensitivity'} at {self.rule} ≥ {self.target:g}"
+        other = "specificity" if self.rule == "sensitivity" else "sensitivity"
+        return f"highest {other} at {self.rule} ≥ {self.target:g}"
 
     def decide(self, probs) -> list[str]:
         """One decision per image (rows of an N×C probability array, or one C vector): two classes: the
@@ -138,7 +143,7 @@ class OperatingPoint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "config.json") -> "OperatingPoint":
+    def from_dict(cls, d: Any, where: str = "config.json") -> OperatingPoint:
         def bad(what: str) -> MedzooError:
             return MedzooError(f"{where}: its {KEY} is broken ({what}); re-run `medzoo evaluate NAME "
                                "--store-threshold` to choose it again")
@@ -168,7 +173,8 @@ class OperatingPoint:
         return cls(**d)
 
 
-def read(config: dict[str, Any], where: str = "config.json", *, weights_sha256: str | None = None) -> OperatingPoint | None:
+def read(config: dict[str, Any], where: str = "config.json", *,
+         weights_sha256: str | None = None) -> OperatingPoint | None:
     """The operating point stored in a checkpoint's config.json (with or without its "medzoo" key), or None.
     A point chosen for other weights than ``weights_sha256`` is stale: None, never applied to these."""
     raw = config.get(KEY)
@@ -228,9 +234,9 @@ def choose_point(probs: torch.Tensor, target: torch.Tensor, task: str, classes: 
         th = choose(p, t, rule, level)
         if math.isnan(th):
             if kind != "multiclass":
-                raise MedzooError(f"the {split} split of {dataset} has no {'positives' if not int(t.sum()) else 'negatives'} "
-                                  f"for '{c}', so no threshold can be chosen on it; evaluate on a dataset whose "
-                                  f"{split} split has both")
+                lacks = "positives" if not int(t.sum()) else "negatives"
+                raise MedzooError(f"the {split} split of {dataset} has no {lacks} for '{c}', so no threshold can "
+                                  f"be chosen on it; evaluate on a dataset whose {split} split has both")
             continue
         figs = figures_at(p, t, th)
         if rule != "youden" and figs[rule] < level:
@@ -298,14 +304,13 @@ def _applied(op: OperatingPoint, probs, target, *, groups, resamples, seed) -> d
     return per
 
 
-def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, asked: tuple[str, float | None] | None,
-                  store_it: bool, can_store: bool, resamples: int, seed: int,
+def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, stored: OperatingPoint | None,
+                  asked: tuple[str, float | None] | None, store_it: bool, can_store: bool, resamples: int, seed: int,
                   val_preds) -> tuple[OperatingPoint, dict[str, Any], bool] | None:
     """The operating point of an evaluation: the stored one (or, with ``asked``, one chosen now on the
     validation split), applied to the evaluated split. Returns the point, what metrics.json reports of it,
     and whether the caller should (re)write it into the checkpoint; None when none could be chosen."""
     lin = model.medzoo_lineage
-    stored = getattr(model, "medzoo_operating_point", None)
     if stored is not None and stored.classes != list(preds.classes):
         stored = None
     if asked is None and store_it:
@@ -316,8 +321,8 @@ def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, ask
         rule, level = asked or ("youden", None)
         try:
             vp = preds if split == "val" else val_preds()
-            op = choose_point(vp.probs, vp.target, source.task, list(preds.classes), rule=rule, level=level, split="val", dataset=dataset,
-                              weights_sha256=lin.weights_sha256 or "")
+            op = choose_point(vp.probs, vp.target, source.task, list(preds.classes), rule=rule, level=level,
+                              split="val", dataset=dataset, weights_sha256=lin.weights_sha256 or "")
         except MedzooError as exc:
             if asked is not None:
                 raise
