@@ -284,7 +284,8 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
         from .evaluation import _json_safe
 
         click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
-                                          "metrics": result.metrics, "out": str(result.out_dir)}), indent=2))
+                                          "metrics": result.metrics, "out": str(result.out_dir),
+                                          "operating_point": result.details.get("operating_point")}), indent=2))
 
 
 @cli.command()

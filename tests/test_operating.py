@@ -179,6 +179,12 @@ def test_bad_flags_are_one_line(ckpt, tmp_path):
         proc = run_cli("evaluate", ckpt, *args, check=False)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert (store.get_local(ckpt).path / store.CONFIG).read_text() == before
+    # the flags as typed: the first point of a checkpoint is stored, whatever its rule
+    out = json.loads(run_cli("evaluate", ckpt, "--bootstrap", "0", "--json", "--target-specificity", "0.5").stdout)
+    point = out["operating_point"]
+    assert point["rule"] == "specificity" and point["target"] == 0.5 and point["stored"]
+    assert point["val"]["present"]["specificity"] >= 0.5 and point["applied"]["split"] == "test"
+    assert operating.read(store.get_local(ckpt).full_config()).thresholds == point["thresholds"]
     rewrite_config(ckpt, lambda c: c.update(operating_point={"rule": "youden"}))
     with pytest.raises(MedzooError, match="its operating_point is broken"):
         medzoo.load(ckpt)
