@@ -352,10 +352,16 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
                 raise MedzooError(f"dataset '{dataset}' has no validation images to choose a threshold on")
             return predict(model, source, "val", device=dev, batch_size=batch_size)
 
-        # what the store holds decides what is kept or replaced (a model passed in may not say)
-        stored_point = (operating.read(local.full_config(), f"checkpoint '{local.name}'",
-                                       weights_sha256=model.medzoo_lineage.weights_sha256) if local is not None
-                        else getattr(model, "medzoo_operating_point", None))
+        # what the store holds decides what is kept or replaced (a model passed in may not say); a broken
+        # stored point stops the evaluation, unless --store-threshold is there to replace it
+        try:
+            stored_point = (operating.read(local.full_config(), f"checkpoint '{local.name}'",
+                                           weights_sha256=model.medzoo_lineage.weights_sha256) if local is not None
+                            else getattr(model, "medzoo_operating_point", None))
+        except MedzooError:
+            if not store_threshold:
+                raise
+            stored_point = None
         chosen = operating.at_evaluation(model, source, split, preds, dataset=store.public_dataset(dataset),
                                          groups=groups, stored=stored_point, asked=asked, store_it=store_threshold,
                                          can_store=can_store,

@@ -171,7 +171,7 @@ def test_the_point_travels_with_publish_and_load(ckpt, hub):
     assert "### Operating point" not in cards.render(store.get_local(ckpt), repo_id="lab/x")
 
 
-def test_bad_flags_are_one_line(ckpt, tmp_path):
+def test_bad_flags_are_one_line(ckpt, tmp_path, capsys):
     before = (store.get_local(ckpt).path / store.CONFIG).read_text()
     for args, message in ((["--target-sensitivity", "1.5"], "--target-sensitivity 1.5 is not a fraction"),
                           (["--target-sensitivity", "0.9", "--target-specificity", "0.9"], "exclude each other"),
@@ -185,9 +185,18 @@ def test_bad_flags_are_one_line(ckpt, tmp_path):
     assert point["rule"] == "specificity" and point["target"] == 0.5 and point["stored"]
     assert point["val"]["present"]["specificity"] >= 0.5 and point["applied"]["split"] == "test"
     assert operating.read(store.get_local(ckpt).full_config()).thresholds == point["thresholds"]
+
+    # a broken point: the weights load without it (one warning line), evaluate and the card refuse it, and
+    # --store-threshold replaces it
     rewrite_config(ckpt, lambda c: c.update(operating_point={"rule": "youden"}))
+    assert medzoo.load(ckpt).medzoo_operating_point is None
+    assert "its operating_point is broken" in capsys.readouterr().err
     with pytest.raises(MedzooError, match="its operating_point is broken"):
-        medzoo.load(ckpt)
+        cards.render(store.get_local(ckpt), repo_id="lab/x")
+    with pytest.raises(MedzooError, match="its operating_point is broken .* --store-threshold"):
+        evaluate(ckpt, bootstrap=0)
+    evaluate(ckpt, bootstrap=0, store_threshold=True)
+    assert operating.read(store.get_local(ckpt).full_config()).rule == "youden"
 
 
 def test_multilabel_checkpoint_gets_a_threshold_per_label_end_to_end(tmp_path, monkeypatch):
