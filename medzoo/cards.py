@@ -35,7 +35,8 @@ NOT_METRICS = {"loss", "best_epoch", "epoch", "n_images", "auc_ci_low", "auc_ci_
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k not in NOT_METRICS and isinstance(v, (int, float))
+    return {k: float(v) for k, v in metrics.items() if k not in NOT_METRICS and not k.endswith(("_ci_low", "_ci_high"))
+            and isinstance(v, (int, float))
             and not isinstance(v, bool) and math.isfinite(v)}
 
 
@@ -137,7 +138,8 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         eval_split=metrics.get("split"), eval_images=metrics.get("n_images", "?"),
         in_chans=lin.in_chans, image_size=lin.image_size or "?", mean=pcfg.get("mean"),
         std=pcfg.get("std"), label_names=ckpt.label_names or [], citations=_citations(ckpt, lin.stages),
-        num_classes=ckpt.num_classes, library=hub_layout.library, lineage_file=hub_layout.lineage_file,
+        num_classes=ckpt.num_classes, library=hub_layout.library, op=_operating_text(ckpt),
+        has_ece=isinstance(metrics.get("ece"), float), lineage_file=hub_layout.lineage_file,
         plain_code=hub_layout.plain_code(repo_id or f"<org>/{ckpt.name}", num_classes=ckpt.num_classes,
                                          in_chans=lin.in_chans, image_size=lin.image_size))
     return str(card)
@@ -151,6 +153,39 @@ def _overlap_text(overlap: dict[str, Any] | None) -> str:
             f"training data; trained anyway with --allow-overlap" + (f" (e.g. {examples})" if examples else ""))
 
 
+def _operating_text(ckpt: store.Checkpoint) -> dict[str, Any] | None:
+    """The card's operating-point table: the stored point of these weights, its validation figures and, once
+    `medzoo evaluate` scored it on the test split, the test figures with their intervals."""
+    from .operating import read
+
+    op = read(ckpt.config, f"checkpoint '{ckpt.name}'", weights_sha256=ckpt.lineage.weights_sha256)
+    if op is None:
+        return None
+    test = op.test.get("figures") or {}
+
+    def fig(figs: dict[str, Any], key: str, ci: bool = False) -> str:
+        v = figs.get(key)
+        if not isinstance(v, float):
+            return "–"
+        lo_hi = figs.get(f"{key}_ci") if ci else None
+        return f"{v:.3f}" + (f" ({lo_hi[0]:.3f}–{lo_hi[1]:.3f})" if lo_hi and None not in lo_hi else "")
+
+    rows = [{"cls": c, "threshold": f"{t:.4f}", "val_sens": fig(op.val.get(c, {}), "sensitivity"),
+             "val_spec": fig(op.val.get(c, {}), "specificity"), "sens": fig(test.get(c, {}), "sensitivity", True),
+             "spec": fig(test.get(c, {}), "specificity", True), "ppv": fig(test.get(c, {}), "ppv"),
+             "npv": fig(test.get(c, {}), "npv")} for c, t in op.thresholds.items()]
+    note = {"binary": f"An image is called '{op.classes[1]}' when its probability is at or above the threshold.",
+            "multilabel": "Each label is called present when its probability is at or above its threshold.",
+            "multiclass": "Decisions are the most probable class; the per-class (one-vs-rest) thresholds are "
+                          "reported, not applied."}[op.kind]
+    if not test:
+        note += " Not yet scored on a test split (`medzoo evaluate NAME`)."
+    else:
+        note += f" Test figures: {op.test.get('dataset')}/{op.test.get('split')}, {op.test.get('n_images')} images."
+    return {"split": op.split, "dataset": op.dataset, "rule_text": op.rule_text, "rows": rows, "note": note,
+            "test_split": op.test.get("split", "test")}
+
+
 def _upstream(source: SourceRecord) -> dict[str, Any] | None:
     """What the card says about upstream weights that recorded their provenance."""
     if not any((source.url, source.method, source.citation, source.license)) and source.redistributable:
@@ -161,8 +196,8 @@ def _upstream(source: SourceRecord) -> dict[str, Any] | None:
 
 
 def _ci_text(key: str, metrics: dict[str, Any]) -> str:
-    lo, hi = metrics.get("auc_ci_low"), metrics.get("auc_ci_high")
-    if key == "auc" and isinstance(lo, float) and isinstance(hi, float):
+    lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if isinstance(lo, float) and isinstance(hi, float):
         return f" (95% CI {lo:.4f}–{hi:.4f})"
     return ""
 

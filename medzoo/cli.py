@@ -279,7 +279,13 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
               "the checkpoint's eval/ folder; only then are they recorded for its model card).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (the other lines go to "
               "stderr).")
-def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json):
+@click.option("--target-sensitivity", type=float, help="Choose the threshold on the validation split as the highest "
+              "specificity at this sensitivity (e.g. 0.9) instead of Youden's J.")
+@click.option("--target-specificity", type=float, help="Choose it as the highest sensitivity at this specificity.")
+@click.option("--store-threshold", is_flag=True, help="Replace the operating point stored in the checkpoint with the "
+              "one chosen now (a checkpoint without one stores its first).")
+def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json, target_sensitivity,
+             target_specificity, store_threshold):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
     import contextlib
 
@@ -288,12 +294,15 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
     # with --json, stdout carries the JSON alone (for jq and scripts); the progress lines go to stderr
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
-                     batch_size=batch_size, bootstrap=bootstrap, seed=seed, out=out)
+                     batch_size=batch_size, bootstrap=bootstrap, seed=seed, out=out,
+                     target_sensitivity=target_sensitivity, target_specificity=target_specificity,
+                     store_threshold=store_threshold)
     if as_json:
         from .evaluation import _json_safe
 
         click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
-                                          "metrics": result.metrics, "out": str(result.out_dir)}), indent=2))
+                                          "metrics": result.metrics, "out": str(result.out_dir),
+                                          "operating_point": result.details.get("operating_point")}), indent=2))
 
 
 @cli.command()

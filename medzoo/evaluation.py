@@ -30,12 +30,18 @@ from .registry import MedzooError
 # How multi-class and multi-label results are averaged: written into every metrics.json and the docs.
 AVERAGING = {
     "binary": "positive class = the second class ('{positive}'): precision, recall (sensitivity), specificity "
-              "and F1 threshold its probability at 0.5; AUC and average precision rank it",
+              "and F1 threshold its probability at 0.5; AUC and average precision rank it; sensitivity/"
+              "specificity at 90/95% of the other, ECE and the operating point are those of the positive class",
     "multiclass": "prediction = the most probable class; precision, recall, specificity, F1, AUC (one-vs-rest) "
                   "and average precision are macro averages over the classes present (each class counts "
-                  "equally); accuracy is micro (the fraction of images predicted right)",
+                  "equally); accuracy is micro (the fraction of images predicted right); sensitivity/specificity "
+                  "at 90/95% of the other and ECE are per class one-vs-rest (per_class_operating), their macro "
+                  "mean over classes with positives and negatives in metrics; the operating point has one-vs-rest "
+                  "thresholds per class, reported only (the decision stays the most probable class)",
     "multilabel": "each label thresholded at 0.5; precision, recall, specificity, F1, accuracy, AUC and average "
-                  "precision are macro averages over labels (each label counts equally)",
+                  "precision are macro averages over labels (each label counts equally); sensitivity/specificity "
+                  "at 90/95% of the other and ECE per label (per_class_operating), their macro mean in metrics; "
+                  "the operating point has one threshold per label, each applied to its label",
     "segmentation": "Dice and IoU per class from the summed pixel confusion matrix; the means leave out "
                     "'background', the ignored code and classes absent from truth and prediction",
 }
@@ -68,6 +74,7 @@ class Evaluation:
     metrics: dict[str, Any]  # scalars (NaN where undefined)
     details: dict[str, Any] = field(default_factory=dict)  # confusion matrix, per class, CI, averaging
     out_dir: Path | None = None
+    operating_point: Any = None  # medzoo.operating.OperatingPoint applied to the split (classifiers)
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -149,16 +156,28 @@ def auc_of(probs: torch.Tensor, target: torch.Tensor, task: str, num: int) -> fl
 
 def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, groups: list[str] | None = None,
                      resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Percentile bootstrap confidence interval of the AUC.
-
-    Resamples *patients* with replacement when ``groups`` (patient ids) are given — two views of one
-    patient are not independent evidence — else images. A resample in which a class (label) present in
-    the data has no positives or no negatives is drawn again, up to 10× ``resamples`` draws in all.
-    """
+    """Percentile bootstrap confidence interval of the AUC (``bootstrap`` below)."""
     num = probs.shape[1]
     target = target.long()
     if resamples <= 0 or math.isnan(auc_of(probs, target, task, num)):
         return {"low": math.nan, "high": math.nan, "resamples": 0, "seed": seed, "level": level, "unit": "none"}
+    out = bootstrap(lambda p, t: {"auc": auc_of(p, t, task, num)}, probs, target, groups=groups,
+                    resamples=resamples, seed=seed, level=level)
+    low, high = out.pop("ci")["auc"]
+    return {"low": low, "high": high, **out}
+
+
+def bootstrap(stat, probs: torch.Tensor, target: torch.Tensor, *, groups: list[str] | None = None,
+              resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap intervals of the figures ``stat(probs, target) -> {name: value}`` returns.
+
+    Resamples *patients* with replacement when ``groups`` (patient ids) are given — two views of one
+    patient are not independent evidence — else images. A resample in which no figure is defined (NaN:
+    e.g. a class present in the data has no positives or no negatives) is drawn again, up to 10×
+    ``resamples`` draws in all; each figure's interval is taken over the resamples that define it.
+    Returns ``{"ci": {name: (low, high)}, "resamples", "seed", "level", "unit"}``.
+    """
+    target = target.long()
     rng = np.random.default_rng(seed)
     keys = groups if groups is not None and all(groups) else None
     if keys is not None:
@@ -168,18 +187,29 @@ def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, gr
         clusters = [np.asarray(v) for v in members.values()]
     else:
         clusters = [np.asarray([i]) for i in range(len(target))]
-    values, draws = [], 0
-    while len(values) < resamples and draws < 10 * resamples:
-        draws += 1
-        pick = rng.integers(0, len(clusters), len(clusters))
-        idx = torch.from_numpy(np.concatenate([clusters[j] for j in pick]))
-        value = auc_of(probs[idx], target[idx], task, num)
-        if not math.isnan(value):
-            values.append(value)
-    arr = np.asarray(values)
+    values: dict[str, list[float]] = {}
+    kept, draws = 0, 0
+    threads = torch.get_num_threads()
+    # each resample is a few tiny tensors: handing them to the intra-op thread pool costs more than the work
+    # (torchmetrics' ECE went from 0.25 ms to 7 ms per call with 2 threads on a busy 2-core machine)
+    torch.set_num_threads(1)
+    try:
+        while kept < resamples and draws < 10 * resamples:
+            draws += 1
+            pick = rng.integers(0, len(clusters), len(clusters))
+            idx = torch.from_numpy(np.concatenate([clusters[j] for j in pick]))
+            figures = stat(probs[idx], target[idx])
+            if all(math.isnan(v) for v in figures.values()):
+                continue
+            kept += 1
+            for k, v in figures.items():
+                if not math.isnan(v):
+                    values.setdefault(k, []).append(v)
+    finally:
+        torch.set_num_threads(threads)
     tail = (1 - level) / 2 * 100
-    return {"low": float(np.percentile(arr, tail)), "high": float(np.percentile(arr, 100 - tail)),
-            "resamples": len(values), "seed": seed, "level": level,
+    ci = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in values.items()}
+    return {"ci": ci, "resamples": kept, "seed": seed, "level": level,
             "unit": "patient" if keys is not None else "image"}
 
 
@@ -259,22 +289,38 @@ def segmentation_confmat(model, source: mzdata.DataSource, split: str, *, device
 
 def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data_root: str | dict | None = None,
              device: str | None = None, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0,
-             out: str | Path | None = None, write: bool = True, model=None) -> Evaluation:
+             out: str | Path | None = None, write: bool = True, model=None, target_sensitivity: float | None = None,
+             target_specificity: float | None = None, store_threshold: bool = False) -> Evaluation:
     """Evaluate checkpoint ``name`` (anything ``medzoo.load`` accepts) on a split of a dataset.
 
     Writes ``metrics.json``, ``predictions.csv`` and plots to ``<dataset>-<split>/`` in ``out`` (default:
     ``eval/`` in a local checkpoint, ``$MEDZOO_HOME/evaluations/<name>/`` otherwise) and, for a local
     checkpoint without ``out``, records the metrics in its ``config.json`` for the model card.
+
+    Classifiers also get an operating point (``medzoo.operating``): the stored one, else one chosen on the
+    validation split (Youden's J, or ``target_sensitivity``/``target_specificity``) and stored in a local
+    checkpoint that has none; a stored point is replaced only with ``store_threshold``.
     """
+    from . import operating
     from .stage import _device
     from .zoo import load
 
     dev = _device(device)
     if batch_size < 1 or bootstrap < 0:
         raise MedzooError("--batch-size must be ≥ 1 and --bootstrap ≥ 0")
+    asked = operating.rule_of(target_sensitivity, target_specificity)
+    local = store.find_local(str(name)) if write else None
+    can_store = local is not None and not out
+    op_point, write_point = None, False
+    if store_threshold and not can_store:
+        raise MedzooError("--store-threshold stores the point in a local checkpoint's config.json, and this evaluation "
+                          "records nothing (a model outside the local store, or --out); drop --store-threshold")
     model = model if model is not None else load(name, device=dev)
     source, dataset = open_for(model, dataset, split, data_root)
     task = source.task
+    if task == "segmentation" and (asked or store_threshold):
+        raise MedzooError("--target-sensitivity, --target-specificity and --store-threshold choose a classifier's "
+                          "decision threshold; a segmentation model has none: drop them")
     started = time.time()
     if task == "segmentation":
         from .metrics import segmentation_metrics
@@ -293,18 +339,49 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
         kind = "multilabel" if task == "multilabel" else ("binary" if len(preds.classes) == 2 else "multiclass")
         details.update(averaging=AVERAGING[kind].format(positive=preds.classes[-1]), rmse=RMSE_DEFINITION,
                        auc_ci=ci)
+        groups = [r.patient for r in preds.records]
+        cal_metrics, cal_details = operating.calibration_report(preds.probs, preds.target, task, preds.classes,
+                                                                groups=groups, resamples=bootstrap, seed=seed)
+        metrics.update(cal_metrics)
+        details.update(cal_details)
+
+        def val_preds() -> Predictions:
+            if not source.split("val"):
+                mzdata.carve_val_split(source)
+            if not source.split("val"):
+                raise MedzooError(f"dataset '{dataset}' has no validation images to choose a threshold on")
+            return predict(model, source, "val", device=dev, batch_size=batch_size)
+
+        # what the store holds decides what is kept or replaced (a model passed in may not say); a broken
+        # stored point stops the evaluation, unless --store-threshold is there to replace it
+        try:
+            stored_point = (operating.read(local.full_config(), f"checkpoint '{local.name}'",
+                                           weights_sha256=model.medzoo_lineage.weights_sha256) if local is not None
+                            else getattr(model, "medzoo_operating_point", None))
+        except MedzooError:
+            if not store_threshold:
+                raise
+            stored_point = None
+        chosen = operating.at_evaluation(model, source, split, preds, dataset=store.public_dataset(dataset),
+                                         groups=groups, stored=stored_point, asked=asked, store_it=store_threshold,
+                                         can_store=can_store,
+                                         resamples=bootstrap, seed=seed, val_preds=val_preds)
+        if chosen is not None:
+            op_point, details["operating_point"], write_point = chosen
         n = len(preds.records)
     lin = model.medzoo_lineage
     # a path-given dataset is named by its folder in what is kept and published (config.json, metrics.json)
     pub = store.public_dataset(dataset)
-    result = Evaluation(lin.name or str(name), pub, split, task, n, metrics, details)
+    result = Evaluation(lin.name or str(name), pub, split, task, n, metrics, details,
+                        operating_point=op_point)
     log = f"[{result.name}] {dataset}/{split} ({n} images): " + "  ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if k in HEADLINE and not math.isnan(v))
     if not math.isnan(metrics.get("auc_ci_low", math.nan)):
         log += f"  (AUC 95% CI {metrics['auc_ci_low']:.4f}–{metrics['auc_ci_high']:.4f})"
     print(log, flush=True)
+    if result.operating_point is not None:
+        print(f"[{result.name}] " + operating.summary(details["operating_point"]), flush=True)
     if write:
-        local = store.find_local(str(name))
         parent = Path(out) if out else (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
         # a folder of its own (--out DIR's other files stay), bounded in length and path-free
         where = parent / f"{eval_folder(dataset, source)}-{split}"
@@ -316,6 +393,8 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
         result.out_dir = _write(where, payload, preds)
         if local is not None and not out:
             record(local, payload, result.out_dir)
+            if result.operating_point is not None and write_point:
+                operating.write(local.path, result.operating_point)
         print(f"[{result.name}] wrote {result.out_dir}", flush=True)
     return result
 
@@ -343,7 +422,7 @@ def _json_safe(obj: Any) -> Any:
 def _write(final: Path, payload: dict[str, Any], preds: Predictions | None) -> Path:
     """Assemble the evaluation folder under a temporary name, then swap it in: a reader sees the old
     results or the new, and other datasets' and splits' folders are never touched."""
-    from .plots import plot_confusion, plot_curves
+    from .plots import plot_confusion, plot_curves, plot_reliability
 
     tmp = store.new_tmp_dir(final.parent, final.name)
     try:
@@ -352,6 +431,7 @@ def _write(final: Path, payload: dict[str, Any], preds: Predictions | None) -> P
         if preds is not None:
             (tmp / "predictions.csv").write_text(predictions_csv(preds))
             plot_curves(preds.probs, preds.target, preds.task, preds.classes, tmp, title)
+            plot_reliability(preds.probs, preds.target, preds.task, preds.classes, tmp / "reliability.png", title)
         plot_confusion(np.asarray(payload["confusion_matrix"]), payload["classes"], tmp / "confusion_matrix.png", title)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -32,7 +32,8 @@ RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "skip_bad
                 "tracking_uri")
 BOOL_RUNTIME_KEYS = ("channels_last", "skip_bad", "allow_overlap")
 CLASSIFICATION_METRICS = {"auc", "average_precision", "accuracy", "f1", "precision", "recall", "specificity", "rmse",
-                          "auc_ci_low", "auc_ci_high"}
+                          "auc_ci_low", "auc_ci_high", "sens_at_spec90", "sens_at_spec95", "spec_at_sens90",
+                          "spec_at_sens95", "ece"}
 
 
 def metric_fits(metric: str, task: str) -> bool:

@@ -143,3 +143,32 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str, path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_reliability(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str], path: Path,
+                     title: str, bins: int = 15) -> None:
+    """Reliability diagram: in equal-width bins of predicted probability (the bins of the ECE), the observed
+    fraction of positives against the mean prediction; marker size ∝ images in the bin.
+    The positive class for two classes, each class one-vs-rest (each label) otherwise."""
+    from .operating import kind_of, series
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="perfect calibration")
+    edges = np.linspace(0, 1, bins + 1)
+    for c, p, t in series(probs, target, kind_of(task, classes), classes)[:10]:
+        p, t = p.numpy(), t.numpy()
+        which = np.digitize(p, edges[1:-1])  # bin k holds [k/bins, (k+1)/bins), as torchmetrics bins
+        count = np.bincount(which, minlength=bins)
+        used = count > 0
+        conf = np.bincount(which, p, bins)[used] / count[used]
+        frac = np.bincount(which, t.astype(float), bins)[used] / count[used]
+        ax.plot(conf, frac, "-", lw=1)
+        ax.scatter(conf, frac, s=8 + 60 * count[used] / max(1, count.max()), label=c)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="mean predicted probability",
+           ylabel="observed fraction of positives", title=f"reliability ({bins} bins)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

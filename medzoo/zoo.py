@@ -256,6 +256,15 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, in_
     model.pretrained_cfg = pcfg
     model.medzoo_lineage = lin
     model.medzoo_origin = found.origin
+    from .operating import read as read_operating_point
+
+    # the threshold chosen on validation for these weights (None if none, or chosen for other weights); a
+    # broken one is never applied, but the verified weights still load
+    try:
+        model.medzoo_operating_point = read_operating_point(config, found.origin, weights_sha256=lin.weights_sha256)
+    except MedzooError as exc:
+        weights_reader.warn(f"{exc} (loaded without an operating point)")
+        model.medzoo_operating_point = None
     if device is not None:
         model.to(device)
     return model.eval()
