@@ -269,12 +269,11 @@ def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model, *, sta
 
 
 def decision_columns(model, probs: torch.Tensor) -> dict[str, Any]:
-    """The decision at the checkpoint's stored operating point, as extra columns of one image's row.
-
-    The one place where it is added: the threshold is stored in the checkpoint's config.json by
-    ``medzoo evaluate`` (the operating-points work), and read here once that lands. Until then a checkpoint
-    has none, and the row carries only the probabilities and the argmax label."""
-    return {}
+    """The decision at the checkpoint's stored operating point (``medzoo.operating``; chosen on a validation
+    split by ``medzoo evaluate``, read back by ``medzoo.load`` only when it was chosen for these weights), as
+    the ``decision`` column of one image's row; none when the checkpoint has no operating point."""
+    op = getattr(model, "medzoo_operating_point", None)
+    return {} if op is None else {"decision": op.decide(probs)[0]}
 
 
 def _write_mask(mask: torch.Tensor, folder: Path, index: int, path: str) -> Path:
@@ -364,9 +363,19 @@ def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "prediction
         "origin": model.medzoo_origin, "weights_sha256": lin.weights_sha256,
         "preprocess": cfg.to_dict() if cfg else None, "image_size": lin.image_size, "n_images": len(preds),
         "skipped": preds.skipped, "masks": str(mask_final) if mask_final else None,
+        "operating_point": _op_summary(model),
         "mask_files": sorted(Path(r["mask"]).name for r in preds) if mask_final else [],
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "medzoo": __version__}, indent=2))
     return out, preds
+
+
+def _op_summary(model) -> dict[str, Any] | None:
+    """What the ``decision`` column applied: the thresholds, the rule and where they were chosen."""
+    op = getattr(model, "medzoo_operating_point", None)
+    if op is None:
+        return None
+    return {"thresholds": op.thresholds, "rule": op.rule, "target": op.target, "kind": op.kind,
+            "chosen_on": f"{op.dataset}/{op.split}"}
 
 
 def _dev(device):

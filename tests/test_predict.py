@@ -45,6 +45,11 @@ def test_predict_on_dicoms_matches_evaluate(inbreast, tmp_path):
         for c in ("benign", "malignant"):
             assert abs(row[f"p_{c}"] - float(want[f"p_{c}"])) < 2e-6
         assert row["predicted"] == ["benign", "malignant"][int(want["predicted"])]
+    # evaluate stored a threshold chosen on the validation split: predict applies it in the decision column
+    op = medzoo.load(name).medzoo_operating_point
+    assert op is not None and op.split == "val"
+    t = op.thresholds["malignant"]
+    assert [r["decision"] for r in preds] == ["malignant" if r["p_malignant"] >= t else "benign" for r in preds]
     # a checkpoint written before steps existed recorded them as fields: read as the same steps
     ckpt = store.read_checkpoint(store.get_local(name).path)
     ckpt.lineage.stages[-1].recipe["preprocess"] = {"size": 512, "channels": 1, "breast_mask": True,
@@ -69,6 +74,8 @@ def test_predict_on_dicoms_matches_evaluate(inbreast, tmp_path):
     sidecar = json.loads((tmp_path / "p.csv.medzoo.json").read_text())
     assert sidecar["preprocess"]["steps"] == ["breast_mask", "flip_to:left"]
     assert sidecar["weights_sha256"] == store.get_local(name).lineage.weights_sha256
+    assert sidecar["operating_point"]["thresholds"] == {"malignant": t}
+    assert all(r["decision"] in ("benign", "malignant") for r in by_csv)
 
 
 def test_bad_file_stops_or_is_skipped_and_nothing_is_half_written(inbreast, tmp_path):
