@@ -1,7 +1,6 @@
 """medzoo: a plugin-based model zoo for multi-stage transfer learning in medical imaging."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .hookspecs import hookimpl
 from .registry import (ArchSpec, DatasetSpec, FreezePolicySpec, MedzooError, WeightSourceSpec,
                        registry as _registry)

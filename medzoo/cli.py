@@ -9,7 +9,7 @@ import warnings
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .data import DATA_ROOT_HELP, parse_data_roots as _data_roots
 from .registry import KINDS, MedzooError, MedzooWarning, Ref, display_name, registry
 
@@ -273,9 +273,9 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
         result = run(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
                      batch_size=batch_size, bootstrap=bootstrap, seed=seed, out=out)
     if as_json:
-        from .evaluation import _json_safe
+        from .evaluation import json_safe
 
-        click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
+        click.echo(json.dumps(json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
                                           "metrics": result.metrics, "out": str(result.out_dir)}), indent=2))
 
 
