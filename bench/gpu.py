@@ -113,10 +113,10 @@ def pipeline(device: torch.device, hw, n: int, size: int, batch: int, seconds: f
     start-up) is left out."""
     import gen
 
-    from medzoo import data as mzdata, speed
+    from medzoo import cache as mzcache, data as mzdata, speed
 
     folder = gen.png_folder(f"png512_{n}", n, 512)
-    src = mzdata.open_dataset(f"imagefolder:{folder}", preprocess={"size": 256, "channels": 1})
+    src = mzcache.open_dataset(f"imagefolder:{folder}", preprocess={"size": 256, "channels": 1})
     tf = mzdata.build_transform(mzdata.TransformConfig(image_size=size, augment="light", in_chans=3), True)
     ds = mzdata.TorchDataset(src, "train", tf, 3)
     out = {}

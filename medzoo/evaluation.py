@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, data as mzdata, store
+from . import cache as mzcache, data as mzdata, store
+from ._version import __version__
 from .registry import MedzooError
 
 # How multi-class and multi-label results are averaged: written into every metrics.json and the docs.
@@ -200,7 +200,7 @@ def open_for(model, dataset: str | None, split: str, data_root: str | dict | Non
     recipe = last.recipe if last else {}
     # the model's input is what the last stage trained on: its preprocessing, whichever dataset is scored
     root = mzdata.root_for(data_root, dataset)
-    source = mzdata.open_dataset(dataset, root, preprocess=recipe.get("preprocess"))
+    source = mzcache.open_dataset(dataset, root, preprocess=recipe.get("preprocess"))
     task = lin.task
     if source.task != task:
         raise MedzooError(f"{model.medzoo_origin} is a {task} model but dataset '{dataset}' is {source.task}; "
@@ -266,10 +266,10 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     ``eval/`` in a local checkpoint, ``$MEDZOO_HOME/evaluations/<name>/`` otherwise) and, for a local
     checkpoint without ``out``, records the metrics in its ``config.json`` for the model card.
     """
-    from .stage import _device
+    from .devices import pick_device
     from .zoo import load
 
-    dev = _device(device)
+    dev = pick_device(device)
     if batch_size < 1 or bootstrap < 0:
         raise MedzooError("--batch-size must be ≥ 1 and --bootstrap ≥ 0")
     model = model if model is not None else load(name, device=dev)
@@ -329,14 +329,14 @@ def eval_folder(dataset: str, source: mzdata.DataSource) -> str:
 HEADLINE = ("auc", "accuracy", "f1", "precision", "recall", "specificity", "rmse", "dice", "iou")
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN is not JSON: undefined values are written as null."""
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else obj
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -347,7 +347,7 @@ def _write(final: Path, payload: dict[str, Any], preds: Predictions | None) -> P
 
     tmp = store.new_tmp_dir(final.parent, final.name)
     try:
-        (tmp / "metrics.json").write_text(json.dumps(_json_safe(payload), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(payload), indent=2))
         title = f"{payload['checkpoint']}\n{payload['dataset']}/{payload['split']}"
         if preds is not None:
             (tmp / "predictions.csv").write_text(predictions_csv(preds))
@@ -356,13 +356,7 @@ def _write(final: Path, payload: dict[str, Any], preds: Predictions | None) -> P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.rename(final, old)
-    store.publish_dir(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    store.swap_dir(tmp, final)
     return final
 
 
@@ -379,7 +373,7 @@ def record(ckpt: store.Checkpoint, payload: dict[str, Any], out_dir: Path) -> No
     """Note the evaluation in the checkpoint's config.json (``medzoo.evaluations["<dataset>-<split>"]``): the
     model card reports it, ``medzoo publish`` ships it. The weights hash says which weights were scored."""
     fresh = store.read_checkpoint(ckpt.path)  # re-read: another evaluation may have been recorded since
-    fresh.lineage.evaluations[f"{payload['dataset']}-{payload['split']}"] = _json_safe({
+    fresh.lineage.evaluations[f"{payload['dataset']}-{payload['split']}"] = json_safe({
         k: payload[k] for k in ("dataset", "split", "n_images", "metrics", "averaging", "weights_sha256", "evaluated")
         if k in payload} | {"path": str(out_dir.relative_to(ckpt.path))})
     store.write_config(fresh.path, fresh.config, fresh.lineage)

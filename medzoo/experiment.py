@@ -12,17 +12,17 @@ skips them, which is how a killed grid resumes. ``medzoo.report`` turns the fold
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import recipe as mzrecipe, speed, store
+from .grid import Cell, Grid, Target, cell_path, read_cell
 from .registry import MedzooError, did_you_mean, registry
 
 GRID_KEYS = ("name", "description", "reference", "archs", "chains", "baseline", "targets", "seeds", "recipe",
@@ -44,49 +44,6 @@ def metric_fits(metric: str, task: str) -> bool:
 DEFAULT_METRICS = {"classification": ["auc", "accuracy", "f1", "precision", "recall", "specificity", "rmse"],
                    "multilabel": ["auc", "accuracy", "f1", "precision", "recall", "rmse"],
                    "segmentation": ["dice", "iou", "pixel_accuracy"]}
-
-
-@dataclass
-class Target:
-    label: str  # the report's name for it; two targets may fine-tune on one dataset with other settings
-    dataset: str
-    archs: list[str]
-    set: dict[str, Any] = field(default_factory=dict)  # recipe keys for the target stage only
-    metrics: list[str] = field(default_factory=list)
-    task: str = "classification"
-    own_metrics: bool = False  # metrics given in the target itself (else the grid's, or the task's defaults)
-
-
-@dataclass
-class Grid:
-    name: str
-    chains: dict[str, list[str]]  # chain name -> the stages before the target (a weight source first)
-    baseline: str
-    targets: list[Target]
-    seeds: list[int]
-    recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # section ('defaults' or a dataset) -> keys
-    description: str = ""
-    reference: str = ""
-    split: str = "test"
-    bootstrap: int = 1000
-    runtime: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Cell:
-    id: str
-    target: str
-    dataset: str
-    arch: str
-    chain: str
-    stages: list[str]
-    seed: int
-    overrides: dict[str, dict[str, Any]]
-
-    def spec_hash(self, grid: Grid) -> str:
-        blob = json.dumps({"arch": self.arch, "stages": self.stages, "seed": self.seed, "overrides": self.overrides,
-                           "split": grid.split, "bootstrap": grid.bootstrap}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # -- reading a grid -----------------------------------------------------------------------------
@@ -276,9 +233,9 @@ def plan(grid: Grid) -> list[str]:
 
 
 def _datasets(stages: list[str]) -> list[str]:
-    from .trainer import _split_source
+    from .trainer import split_source
 
-    return _split_source(stages)[1]
+    return split_source(stages)[1]
 
 
 def cells(grid: Grid, targets: list[Target] | None = None) -> list[Cell]:
@@ -300,19 +257,6 @@ def cells(grid: Grid, targets: list[Target] | None = None) -> list[Cell]:
 
 
 # -- running ------------------------------------------------------------------------------------
-
-def cell_path(out: Path, cell_id: str) -> Path:
-    return out / "cells" / f"{cell_id}.json"
-
-
-def read_cell(out: Path, cell: Cell, grid: Grid) -> dict[str, Any] | None:
-    """The stored result of a cell if it finished with the cell's current spec; else None (run it)."""
-    try:
-        rec = json.loads(cell_path(out, cell.id).read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if rec.get("spec_hash") == cell.spec_hash(grid) else None
-
 
 def grid_json(grid: Grid) -> dict[str, Any]:
     return {"grid": asdict(grid), "cells": [asdict(c) for c in cells(grid)]}
@@ -363,7 +307,7 @@ def run_grid(path: str | Path, *, seeds: list[int] | None = None, out: str | Pat
 
 
 def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runtime: dict[str, Any]) -> dict[str, Any]:
-    from .evaluation import _json_safe, evaluate
+    from .evaluation import json_safe, evaluate
     from .trainer import Runtime, train
 
     started = time.time()
@@ -383,7 +327,7 @@ def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runt
         rec.update(status="failed", error=f"{type(exc).__name__}: {message}"[:500])
         store.atomic_write(out / "logs" / f"{cell.id}.log", traceback.format_exc())
     rec["seconds"] = round(time.time() - started, 1)
-    store.atomic_write(cell_path(out, cell.id), json.dumps(_json_safe(rec), indent=2, default=str))
+    store.atomic_write(cell_path(out, cell.id), json.dumps(json_safe(rec), indent=2, default=str))
     return rec
 
 

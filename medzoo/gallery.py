@@ -63,12 +63,12 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     """Write the gallery; returns (path, number of mistakes, number of right answers shown)."""
     from .cache import CachedSource
     from .evaluation import eval_dataset, eval_folder, open_for, predict
-    from .stage import _device
+    from .devices import pick_device
     from .zoo import load, transform_config
 
     if right < 0:
         raise MedzooError("--right must be ≥ 0")
-    dev = _device(device)
+    dev = pick_device(device)
     model = load(name, device=dev)
     task = model.medzoo_lineage.task
     if task != "classification":

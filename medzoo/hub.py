@@ -13,7 +13,6 @@ medzoo never reads the token itself, so it cannot write it anywhere.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -158,18 +157,12 @@ def dry_run(name: str, out: str | Path | None = None, *, repo_id: str | None = N
     _dry_run_target(final, ckpt)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.new_tmp_dir(final.parent, final.name)
-    old = None
     try:
         files = write_folder(ckpt, tmp, repo_id=repo_id, metrics=metrics, license=license)
         (tmp / DRY_RUN_MARKER).write_text(json.dumps({"checkpoint": name, "repo_id": repo_id}) + "\n")
-        if final.exists():  # an earlier dry run (checked above): swapped out, never half-replaced
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.rename(final, old)
-        store.publish_dir(tmp, final)
+        store.swap_dir(tmp, final)  # an earlier dry run there (checked above) is replaced, never half-replaced
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return PublishResult(repo_id or "", "", None, None, final, files,
                          catalogue_entry(ckpt, repo_id or f"<org>/{name}", None, metrics, license), layout(ckpt))
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from .store import public_dataset
+from .naming import public_dataset
 
 if TYPE_CHECKING:
     from .data import DataSource
@@ -127,14 +127,13 @@ def file_digests(paths: Iterable[str | Path], *, verify: bool = False,
 
 def _pixel_digest(source: "DataSource") -> str:
     """The pixels (and masks) of every record: correct for any source, but it reads every image."""
-    from .data import ArraySource
-
     h = hashlib.blake2b(digest_size=16)
-    if isinstance(source, ArraySource) and source._draw is None and isinstance(source._images, np.ndarray):
-        # in-memory arrays are the data: hashing them whole is cheap and needs no declaration
-        h.update(np.ascontiguousarray(source._images).tobytes())
-        if isinstance(source._masks, np.ndarray):
-            h.update(np.ascontiguousarray(source._masks).tobytes())
+    arrays = source.in_memory()
+    if arrays is not None:  # in-memory arrays are the data: hashing them whole is cheap and needs no declaration
+        images, masks = arrays
+        h.update(np.ascontiguousarray(images).tobytes())
+        if masks is not None:
+            h.update(np.ascontiguousarray(masks).tobytes())
         return h.hexdigest()
     log.warning("dataset '%s' declares no files: medzoo identified it by reading all %d images' pixels (slow); "
                 "declare Record.files (or DataSource.source_files, or DataSource.generated) in its plugin, "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import licenses
+from .naming import public_dataset, public_source
 from .registry import MedzooError
 
 SCHEMA = 2
@@ -211,8 +212,6 @@ class Lineage:
     def public_chain(self) -> list[str]:
         """The chain as cards, listings and catalogues show it: no local path (``file:`` weights by file name,
         path-given datasets by folder name), hf-hub: and url: sources whole."""
-        from .store import public_dataset, public_source
-
         return [public_source(self.source.name)] + [public_dataset(s.dataset) for s in self.stages]
 
     def license(self) -> str:

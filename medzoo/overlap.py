@@ -18,7 +18,7 @@ import numpy as np
 
 from .data import DataSource, log
 from .registry import MedzooError
-from .store import public_dataset
+from .naming import public_dataset
 
 DISTANCE = 4  # as medagg's de-duplication: a perceptual-hash Hamming distance counted as the same image
 HASH_DTYPE = np.uint64
@@ -26,7 +26,7 @@ HASH_DTYPE = np.uint64
 
 def grey8(img: np.ndarray) -> np.ndarray:
     """The image as one 8-bit grey channel (alpha dropped): what both hashes are computed on."""
-    from .cache import to_channels
+    from .resize import to_channels
 
     grey = to_channels(img, 1)
     if grey.dtype == np.uint8:

@@ -20,9 +20,8 @@ from .cache import (
     PreprocessConfig,
     cache_home,
     clean_stale_tmp,
-    fit_pair,
+    open_dataset,
     tmp_folder,
-    to_channels,
     truncate_npy,
 )
 from .data import (
@@ -35,7 +34,6 @@ from .data import (
     bad_input,
     check_leakage,
     data_root,
-    open_dataset,
     parse_data_roots,
     root_for,
     skipping_bad,
@@ -54,6 +52,7 @@ from .models import (
 )
 from .overlap import HASH_DTYPE, Hashes, HashIndex, exact_hash, grey8, phash
 from .recipe import DEFAULTS as RECIPE_DEFAULTS
+from .resize import fit_pair, to_channels
 from .registry import (
     ArchSpec,
     DatasetSpec,
@@ -68,7 +67,7 @@ from .registry import (
 from .stage import log
 from .store import CONFIG as CHECKPOINT_CONFIG
 from .store import WEIGHTS as CHECKPOINT_WEIGHTS
-from .store import atomic_write, read_checkpoint, slug
+from .store import atomic_write, read_checkpoint, slug, swap_dir
 from .store import home as medzoo_home
 from .weights import load_file as load_safetensors
 from .weights import read as read_weights
@@ -96,5 +95,5 @@ __all__ = [
     "read_weights", "load_safetensors", "sha256_file", "read_checkpoint", "CHECKPOINT_CONFIG", "CHECKPOINT_WEIGHTS",
     "HF_PREFIX", "locate", "read_located_weights",
     # files
-    "medzoo_home", "slug", "atomic_write",
+    "medzoo_home", "slug", "atomic_write", "swap_dir",
 ]

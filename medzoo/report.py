@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import store
+from .grid import Cell, Grid, Target, read_cell
 from .registry import MedzooError
 
 STATS_NOTE = (
@@ -81,8 +82,6 @@ def load_folder(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[d
     except (OSError, ValueError, KeyError, TypeError):
         raise MedzooError(f"'{out}' is not an experiment folder (no readable grid.json); run "
                           f"`medzoo experiment GRID.yaml --out {out}` first") from None
-    from .experiment import Cell, Grid, Target, read_cell
-
     g = Grid(**{**grid, "targets": [Target(**t) for t in grid["targets"]]})
     records = [read_cell(out, Cell(**c), g) for c in cells]
     return grid, cells, records

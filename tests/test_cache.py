@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from medzoo.cache import CachedSource, PreprocessConfig, fit_pair
-from medzoo.data import ArraySource, Record, open_dataset
+from medzoo.cache import CachedSource, PreprocessConfig, open_dataset
+from medzoo.data import ArraySource, Record
+from medzoo.resize import fit_pair
 from medzoo.registry import MedzooError
 
 from datagen import make_head_ct, write_png

@@ -13,7 +13,8 @@ import pytest
 import medzoo
 from medzoo import store
 from medzoo.cache import cache_home
-from medzoo.data import DataSource, Record, open_dataset
+from medzoo.cache import open_dataset
+from medzoo.data import DataSource, Record
 from medzoo.registry import DatasetSpec, MedzooError, registry
 from medzoo_plugins.medagg_build import BuildConfig, build_medagg
 
