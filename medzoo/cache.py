@@ -132,7 +132,7 @@ def clean_stale_tmp(folder: Path, prefix: str = ".") -> list[Path]:
     """Remove the temporary build folders in ``folder`` (named by ``tmp_folder``, starting with ``prefix``)
     whose process is dead: what a killed build left. A live build's folder, and anything medzoo did not
     name, are left alone. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

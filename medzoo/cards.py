@@ -91,7 +91,7 @@ def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any], *, license: str |
     results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split=split,
                           metric_type=k, metric_name=f"{split} {k}", metric_value=round(v, 6))
                for k, v in finite_metrics(metrics).items()]
-    extra = {"license_name": "custom", "license_link": "LICENSE"} if hf == "other" else {}
+    extra: dict[str, Any] = {"license_name": "custom", "license_link": "LICENSE"} if hf == "other" else {}
     library = library_of(ckpt)
     return ModelCardData(
         license=hf, library_name=HF_LIBRARIES.get(library), pipeline_tag=pipeline, model_name=ckpt.name,
@@ -220,7 +220,7 @@ def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
             return metrics
     last = lin.last
     val = dict(last.val_metrics) if last else {}
-    if val and last.best.get("epoch") is not None:
+    if last and val and last.best.get("epoch") is not None:
         val["best_epoch"] = last.best["epoch"]
     return val
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import warnings
+from typing import Any
 
 import click
 
@@ -94,15 +95,16 @@ def weights_rows() -> list[dict]:
     one (``medzoo.load`` looks in that order)."""
     from . import store, zoo
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     good, broken = store.scan_local()
     variants = variant_texts(good)
     for ckpt in good:
         lin = ckpt.lineage
-        value = lin.last.best_value if lin.last else None
+        last = lin.last
+        value = last.best_value if last else None
         rows.append({"name": ckpt.name, "arch": lin.arch,
                      "chain": " > ".join(lin.public_chain()), "task": lin.task,
-                     "best": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else "-",
+                     "best": f"{last.best.get('metric')} {value:.4f}" if last and value is not None else "-",
                      "variant": variants.get(ckpt.name, ""), "where": str(ckpt.path)})
     for path, why in broken:
         rows.append({"name": path.name, "arch": None, "chain": "BROKEN (see `broken`)", "task": "-", "best": "-",

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -80,9 +80,10 @@ def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, 
     if task == "multilabel":
         target = target.long()
         kw: dict[str, Any] = {"num_labels": n, "validate_args": False}
-        fns = {"precision": F.multilabel_precision, "recall": F.multilabel_recall,
-               "specificity": F.multilabel_specificity, "f1": F.multilabel_f1_score}
-        scalars = {k: fn(probs, target, average="macro", **kw) for k, fn in fns.items()}
+        fns: dict[str, Callable[..., torch.Tensor]] = {
+            "precision": F.multilabel_precision, "recall": F.multilabel_recall,
+            "specificity": F.multilabel_specificity, "f1": F.multilabel_f1_score}
+        scalars: dict[str, torch.Tensor | float] = {k: fn(probs, target, average="macro", **kw) for k, fn in fns.items()}
         per = {k: fn(probs, target, average=None, **kw) for k, fn in fns.items()}
         scalars["accuracy"] = F.multilabel_accuracy(probs, target, average="macro", **kw)
         auc_ok = [c for c in range(n) if 0 < int(target[:, c].sum()) < len(target)]
@@ -147,7 +148,7 @@ def auc_of(probs: torch.Tensor, target: torch.Tensor, task: str, num: int) -> fl
     return float(F.multiclass_auroc(probs, target, num, average=None, validate_args=False)[ok].mean()) if ok else math.nan
 
 
-def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, groups: list[str] | None = None,
+def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, groups: list[str | None] | None = None,
                      resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
     """Percentile bootstrap confidence interval of the AUC.
 
@@ -162,13 +163,14 @@ def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, gr
     rng = np.random.default_rng(seed)
     keys = groups if groups is not None and all(groups) else None
     if keys is not None:
-        members: dict[str, list[int]] = {}
+        members: dict[str | None, list[int]] = {}
         for i, g in enumerate(keys):
             members.setdefault(g, []).append(i)
         clusters = [np.asarray(v) for v in members.values()]
     else:
         clusters = [np.asarray([i]) for i in range(len(target))]
-    values, draws = [], 0
+    values: list[float] = []
+    draws = 0
     while len(values) < resamples and draws < 10 * resamples:
         draws += 1
         pick = rng.integers(0, len(clusters), len(clusters))

@@ -102,7 +102,7 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
     default_archs = _names(doc["archs"], where, "archs") if "archs" in doc else None
     targets = _targets(doc.get("targets"), default_archs, doc.get("metrics"), where)
     grid = Grid(name=store.slug(str(doc.get("name") or path.stem)), chains=chains, baseline=baseline, targets=targets,
-                seeds=seeds or parse_seeds(doc.get("seeds", [0])), recipe=_recipe(doc.get("recipe"), where),
+                seeds=seeds or parse_seeds(doc.get("seeds", [0])) or [0], recipe=_recipe(doc.get("recipe"), where),
                 description=str(doc.get("description") or "").strip(), reference=str(doc.get("reference") or "").strip(),
                 split=str(doc.get("split", "test")), bootstrap=int(doc.get("bootstrap", 1000)),
                 runtime=dict(doc.get("runtime") or {}))

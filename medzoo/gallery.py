@@ -41,7 +41,7 @@ def _png(img: np.ndarray) -> str:
     im.thumbnail((THUMB, THUMB))
     if max(im.size) < THUMB // 2:  # tiny inputs (32 px) are enlarged without smoothing, to stay readable
         k = THUMB // 2 // max(im.size)
-        im = im.resize((im.size[0] * k, im.size[1] * k), Image.NEAREST)
+        im = im.resize((im.size[0] * k, im.size[1] * k), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()

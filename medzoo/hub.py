@@ -117,10 +117,11 @@ def catalogue_entry(ckpt: store.Checkpoint, repo_id: str, commit: str | None, me
                     license: str | None = None) -> dict[str, Any]:
     """What to add to a catalogue file so that ``medzoo.load(NAME)`` finds the published weights."""
     lin = ckpt.lineage
-    value = lin.last.best_value if lin.last else None
+    last = lin.last
+    value = last.best_value if last else None
     return {"repo_id": repo_id, "revision": commit or "main", "weights_sha256": lin.weights_sha256,
             "arch": lin.arch, "chain": " > ".join(lin.public_chain()), "task": lin.task,
-            "metric": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else None,
+            "metric": f"{last.best.get('metric')} {value:.4f}" if last and value is not None else None,
             "license": cards.card_license(ckpt, license)}
 
 
@@ -195,6 +196,8 @@ def publish(name: str, repo_id: str, *, private: bool = False, revision: str | N
 def _hub(fn, doing: str, repo_id: str):
     from huggingface_hub.errors import HfHubHTTPError
 
+    # connection lost, bad endpoint, local token problems
+    transport: tuple[type[BaseException], ...] = (OSError, ValueError, *_transport_errors())
     try:
         return fn()
     except HfHubHTTPError as exc:
@@ -203,7 +206,7 @@ def _hub(fn, doing: str, repo_id: str):
                 else "retry later")
         raise MedzooError(f"{doing} '{repo_id}' failed (HTTP {status}: {_short(exc)}); the local checkpoint is "
                           f"unchanged; {hint}") from None
-    except (OSError, ValueError, *_transport_errors()) as exc:  # connection lost, bad endpoint, local token problems
+    except transport as exc:
         raise MedzooError(f"{doing} '{repo_id}' failed ({type(exc).__name__}: {_short(exc)}); the local "
                           "checkpoint is unchanged; check HF_ENDPOINT and your connection") from None
 
@@ -212,7 +215,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     # connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x): not OSErrors
     import importlib
 
-    errors = []
+    errors: list[type[BaseException]] = []
     for module in ("httpx2", "httpx", "requests"):
         try:
             mod = importlib.import_module(module)

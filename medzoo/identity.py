@@ -155,9 +155,9 @@ def content(source: "DataSource", *, verify: bool = False, changed: list[str] | 
     try:
         per_record = [(r.id, source.files(r)) for r in source.records]
         shared = [os.fspath(p) for p in source.source_files]
-        paths = [p for _, ps in per_record for p in ps]
+        paths: list[str | Path] = [p for _, ps in per_record for p in ps]
         if paths or shared:
-            digests = file_digests(paths + shared, verify=verify, changed=changed)
+            digests = file_digests([*paths, *shared], verify=verify, changed=changed)
             return {"records": {rid: "+".join(digests[os.fspath(p)] for p in ps) for rid, ps in per_record},
                     # by file name, not path: where the data lives is not part of what it is
                     "shared": sorted([os.path.basename(p), digests[p]] for p in shared)}

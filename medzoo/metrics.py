@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+
+
+def _float(x: torch.Tensor | None) -> float:
+    # torchmetrics' functional metrics are typed Optional: None (no value) reads as NaN, like an undefined AUC
+    return float("nan") if x is None else float(x)
 
 
 def classification_metrics(task: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
     from torchmetrics.functional.classification import accuracy, auroc
 
+    kw: dict[str, Any]
     if task == "multilabel":
         probs, target = logits.sigmoid(), target.long()
         kw = {"task": "multilabel", "num_labels": num_classes}
-        return {"auc": float(auroc(probs, target, average="macro", **kw)), "accuracy": float(accuracy(probs, target, **kw))}
+        return {"auc": _float(auroc(probs, target, average="macro", **kw)), "accuracy": _float(accuracy(probs, target, **kw))}
     probs = logits.softmax(1)
     if num_classes == 2:
         p1 = probs[:, 1]
-        auc = float(auroc(p1, target, task="binary")) if target.unique().numel() > 1 else float("nan")
-        return {"auc": auc, "accuracy": float(accuracy(p1, target, task="binary"))}
+        auc = _float(auroc(p1, target, task="binary")) if target.unique().numel() > 1 else float("nan")
+        return {"auc": auc, "accuracy": _float(accuracy(p1, target, task="binary"))}
     kw = {"task": "multiclass", "num_classes": num_classes}
-    return {"auc": float(auroc(probs, target, average="macro", **kw)),
-            "accuracy": float(accuracy(probs, target, average="micro", **kw))}
+    return {"auc": _float(auroc(probs, target, average="macro", **kw)),
+            "accuracy": _float(accuracy(probs, target, average="micro", **kw))}
 
 
 def write_history(history: list[dict], path: Path) -> None:

@@ -132,7 +132,7 @@ class KeyMapSpec:
 class Kind:
     key: str
     noun: str
-    spec: type
+    spec: type[Any]
     hook: str
 
 

@@ -115,7 +115,7 @@ def build_report(out: str | Path) -> Path:
     for target in grid["targets"]:
         label, metrics = target["label"], target["metrics"]
         lines += [f"## Target: {label} (dataset `{target['dataset']}`, {target['task']})", ""]
-        rows = {}
+        rows: dict[tuple[str, str], Any] = {}
         for c, r in zip(cells, records):
             if c["target"] == label and r and r["status"] == "ok":
                 rows.setdefault((c["arch"], c["chain"]), {})[c["seed"]] = r

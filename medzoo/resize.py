@@ -81,5 +81,5 @@ def fit_pair(img: np.ndarray, mask: np.ndarray | None, cfg: FitConfig, *, channe
         raise MedzooError(f"mask of size {mask.shape[:2]} does not match its image {(h, w)}; check the mask files")
     m = torch.from_numpy(np.asarray(mask, dtype=np.int64))[None, None].float()
     m = torch.nn.functional.interpolate(m, size=(nh, nw), mode="nearest-exact")[0, 0]
-    m = _place(m, cfg.size, float(pad_mask)).numpy()
-    return np.ascontiguousarray(out), m.astype(np.uint8 if m.max(initial=0) < 256 else np.int32)
+    placed = _place(m, cfg.size, float(pad_mask)).numpy()
+    return np.ascontiguousarray(out), placed.astype(np.uint8 if placed.max(initial=0) < 256 else np.int32)

@@ -175,21 +175,23 @@ class StageTrainer:
         train = split == "train"
         ds = mzdata.TorchDataset(self.source, split, mzdata.build_transform(self._transform_cfg(), train),
                                  self.recipe["in_chans"])
-        sampler = None
+        sampler: torch.utils.data.Sampler | None = None
         if train and self.recipe["balanced_sampling"] and self.task == "classification":
             counts = np.bincount([r.label for r in ds.records], minlength=len(self.source.classes))
             weights = [1.0 / counts[r.label] for r in ds.records]
             sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=self.gen)
+        part = None
         if _world() > 1:
             if train:
                 sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
             else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
-                ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
+                part = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
         w = speed.workers(self.runtime.num_workers, self.hw)
         return torch.utils.data.DataLoader(
-            ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
-            generator=self.gen if train else None, num_workers=w, pin_memory=self.device.type == "cuda",
-            persistent_workers=w > 0, drop_last=train and len(ds) > self.recipe["batch_size"])
+            part if part is not None else ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None,
+            sampler=sampler, generator=self.gen if train else None, num_workers=w,
+            pin_memory=self.device.type == "cuda", persistent_workers=w > 0,
+            drop_last=train and len(ds) > self.recipe["batch_size"])
 
     def _reseed(self, loader, epoch: int) -> None:
         self.gen.manual_seed(self.recipe["seed"] * 100_003 + epoch)
@@ -373,7 +375,7 @@ class StageTrainer:
                 log(f"[{self.name}] early stop: no improvement in {self.recipe['patience']} epochs")
                 break
 
-    def _parallel(self, net: torch.nn.Module) -> torch.nn.Module:
+    def _parallel(self, net: Any) -> Any:
         """``net`` wrapped for DistributedDataParallel under torchrun; as it is on one process."""
         if _world() == 1:
             return net
@@ -397,7 +399,7 @@ class StageTrainer:
 
     def _save_state(self, epoch: int, improved: bool) -> None:
         """What a killed run resumes from: written after every epoch, each file atomically."""
-        if improved:
+        if improved and self.best_state is not None:
             store.save_tensors(self.workdir / "best.safetensors", self.best_state)
         store.save_state(self.workdir / "last.safetensors", {
             "key": self.key, "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -572,7 +574,7 @@ class StageTrainer:
         """Truth and prediction over a few validation images, for a look at what the numbers mean."""
         self.model.eval()
         ds = self.val_loader.dataset
-        items = [ds[i] for i in range(min(n, len(ds)))]
+        items = [ds[i] for i in range(min(n, len(ds)))]  # type: ignore[arg-type]  # a map-style dataset: sized
         if not items:
             return
         x = torch.stack([i[0] for i in items]).to(self.device)
