@@ -81,7 +81,7 @@ def throughput(arch: str, device: torch.device, hw, batch: int, size: int, steps
         run = torch.compile(net) if compiled else net
         xin = x.contiguous(memory_format=torch.channels_last) if cl else x
 
-        def step():
+        def step(opt=opt, run=run, xin=xin, bf16=bf16):  # bound now: the loop deletes them after timing
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = crit(run(xin).float(), y)
@@ -101,7 +101,7 @@ def throughput(arch: str, device: torch.device, hw, batch: int, size: int, steps
             sync(device)
             times.append((time.perf_counter() - t) / steps)
         out[name] = (times, warm)
-        del net, opt, run
+        del net, opt, run, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out, default
