@@ -49,6 +49,7 @@ def get_source(name: str) -> WeightSourceSpec:
 
 __all__ = [
     "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "MedzooError", "hookimpl",
-    "create_model", "load", "transforms_for", "train", "evaluate", "Runtime", "StageResult", "get_arch", "get_dataset", "get_policy", "get_source",
+    "create_model", "load", "transforms_for", "train", "evaluate", "Runtime", "StageResult",
+    "get_arch", "get_dataset", "get_policy", "get_source",
     "list_archs", "list_datasets", "list_policies", "list_sources", "__version__",
 ]

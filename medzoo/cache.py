@@ -231,8 +231,8 @@ class CachedSource(DataSource):
                     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=img.dtype,
                                                        shape=(len(records), *img.shape))
                     if mask is not None:
-                        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+",
-                                                          dtype=np.uint8 if len(self.source.classes) < 256 else np.int32,
+                        mask_dtype = np.uint8 if len(self.source.classes) < 256 else np.int32
+                        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=mask_dtype,
                                                           shape=(len(records), *mask.shape))
                 images[n] = img
                 if masks is not None:

@@ -143,7 +143,8 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         rows.append({"dataset": _public(s.dataset), "task": s.task, "modality": s.modality, "freeze": s.freeze,
                      "epochs_run": s.epochs_run, "n_train": s.n_train if s.n_train is not None else "?",
                      "license": s.license, "license_url": s.license_url,
-                     "data_text": (f"{d.get('records', '?')} records, fingerprint `{str(d.get('fingerprint', ''))[:16]}`"
+                     "data_text": (f"{d.get('records', '?')} records, "
+                                   f"fingerprint `{str(d.get('fingerprint', ''))[:16]}`"
                                    if d else f"fingerprint `{s.fingerprint[:16]}`"),
                      "overlap_text": _overlap_text(s.overlap),
                      "best_text": f"{best.get('metric')} {_fmt(best['value'])} (epoch {best.get('epoch')})"

@@ -68,7 +68,8 @@ def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
 @click.argument("kind", type=click.Choice([*KINDS, "weights"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind, as_json):
-    """List registered archs, datasets, (freeze) policies, (weight) sources, or weights (local checkpoints + the catalogue)."""
+    """List registered archs, datasets, (freeze) policies, (weight) sources, or weights (local checkpoints +
+    the catalogue)."""
     if kind == "weights":
         rows = weights_rows()
         if as_json:
@@ -304,7 +305,8 @@ def errors(name, dataset, split, right, data_roots, device, out):
 @click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the grid's 'seeds').")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (default: runs/<grid name>).")
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the grid's runtime, else the best available).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="Default: the grid's, else auto.")
 @click.option("--workers", "num_workers", callback=_workers_option, metavar="N|auto",
               help="DataLoader worker processes or auto (default: the grid's, else auto).")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)

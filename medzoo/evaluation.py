@@ -72,7 +72,8 @@ class Evaluation:
 
 # -- metrics ------------------------------------------------------------------------------------
 
-def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str]) -> tuple[dict, dict]:
+def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str,
+                          classes: list[str]) -> tuple[dict, dict]:
     """Scalar metrics and details (confusion matrix, per-class values) from probabilities and truth."""
     import torchmetrics.functional.classification as F
 
@@ -83,7 +84,8 @@ def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, 
         fns: dict[str, Callable[..., torch.Tensor]] = {
             "precision": F.multilabel_precision, "recall": F.multilabel_recall,
             "specificity": F.multilabel_specificity, "f1": F.multilabel_f1_score}
-        scalars: dict[str, torch.Tensor | float] = {k: fn(probs, target, average="macro", **kw) for k, fn in fns.items()}
+        scalars: dict[str, torch.Tensor | float] = {k: fn(probs, target, average="macro", **kw)
+                                                    for k, fn in fns.items()}
         per = {k: fn(probs, target, average=None, **kw) for k, fn in fns.items()}
         scalars["accuracy"] = F.multilabel_accuracy(probs, target, average="macro", **kw)
         auc_ok = [c for c in range(n) if 0 < int(target[:, c].sum()) < len(target)]
@@ -123,7 +125,8 @@ def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, 
         onehot = torch.nn.functional.one_hot(target, n).double()
     scalars["rmse"] = torch.sqrt(((probs - onehot) ** 2).mean())
     metrics = {k: _num(v) for k, v in scalars.items()}
-    details: dict[str, Any] = {"confusion_matrix": cm.tolist(), "support": {c: int(s) for c, s in zip(classes, support)}}
+    details: dict[str, Any] = {"confusion_matrix": cm.tolist(),
+                               "support": {c: int(s) for c, s in zip(classes, support)}}
     if per:
         per["auc"] = per_auc
         details["per_class"] = {c: {k: _num(v[i]) for k, v in per.items()} for i, c in enumerate(classes)}
@@ -140,12 +143,18 @@ def auc_of(probs: torch.Tensor, target: torch.Tensor, task: str, num: int) -> fl
 
     if task == "multilabel":
         ok = [c for c in range(num) if 0 < int(target[:, c].sum()) < len(target)]
-        return float(F.multilabel_auroc(probs, target.long(), num, average=None, validate_args=False)[ok].mean()) if ok else math.nan
+        if not ok:
+            return math.nan
+        return float(F.multilabel_auroc(probs, target.long(), num, average=None, validate_args=False)[ok].mean())
     if num == 2:
-        return float(F.binary_auroc(probs[:, 1], target, validate_args=False)) if target.unique().numel() == 2 else math.nan
+        if target.unique().numel() != 2:
+            return math.nan
+        return float(F.binary_auroc(probs[:, 1], target, validate_args=False))
     counts = torch.bincount(target, minlength=num)
     ok = [c for c in range(num) if 0 < int(counts[c]) < len(target)]
-    return float(F.multiclass_auroc(probs, target, num, average=None, validate_args=False)[ok].mean()) if ok else math.nan
+    if not ok:
+        return math.nan
+    return float(F.multiclass_auroc(probs, target, num, average=None, validate_args=False)[ok].mean())
 
 
 def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, groups: list[str | None] | None = None,
@@ -187,7 +196,8 @@ def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, gr
 
 # -- running the model --------------------------------------------------------------------------
 
-def open_for(model, dataset: str | None, split: str, data_root: str | dict | None = None) -> tuple[mzdata.DataSource, str]:
+def open_for(model, dataset: str | None, split: str,
+             data_root: str | dict | None = None) -> tuple[mzdata.DataSource, str]:
     """The dataset a checkpoint is evaluated on, opened with its last stage's preprocessing; checks that
     the classes match the model's outputs and that the split has images. ``data_root``: a path, or
     ``{dataset: path}`` (the CLI's ``--data-root``)."""
@@ -307,7 +317,8 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     print(log, flush=True)
     if write:
         local = store.find_local(str(name))
-        parent = Path(out) if out else (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
+        parent = Path(out) if out else (local.path / "eval" if local
+                                        else store.home() / "evaluations" / store.slug(str(name)))
         # a folder of its own (--out DIR's other files stay), bounded in length and path-free
         where = parent / f"{eval_folder(dataset, source)}-{split}"
         payload = {"checkpoint": result.name, "origin": model.medzoo_origin,

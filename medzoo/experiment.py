@@ -89,7 +89,8 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
         raise _fail(where, "must be a mapping with chains, targets, … (see docs/evaluation.md)")
     for key in doc:
         if key not in GRID_KEYS:
-            raise _fail(where, f"unknown key '{key}'{did_you_mean(str(key), list(GRID_KEYS))} (keys: {', '.join(GRID_KEYS)})")
+            raise _fail(where, f"unknown key '{key}'{did_you_mean(str(key), list(GRID_KEYS))} "
+                               f"(keys: {', '.join(GRID_KEYS)})")
     chains = doc.get("chains")
     if not isinstance(chains, dict) or not chains:
         raise _fail(where, "needs 'chains': a mapping of chain name -> stages before the target, e.g. "
@@ -103,7 +104,8 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
     targets = _targets(doc.get("targets"), default_archs, doc.get("metrics"), where)
     grid = Grid(name=store.slug(str(doc.get("name") or path.stem)), chains=chains, baseline=baseline, targets=targets,
                 seeds=seeds or parse_seeds(doc.get("seeds", [0])) or [0], recipe=_recipe(doc.get("recipe"), where),
-                description=str(doc.get("description") or "").strip(), reference=str(doc.get("reference") or "").strip(),
+                description=str(doc.get("description") or "").strip(),
+                reference=str(doc.get("reference") or "").strip(),
                 split=str(doc.get("split", "test")), bootstrap=int(doc.get("bootstrap", 1000)),
                 runtime=dict(doc.get("runtime") or {}))
     if grid.split not in ("test", "val"):
@@ -118,7 +120,8 @@ def _targets(value: Any, default_archs: list[str] | None, metrics: Any, where: s
     if isinstance(value, list):
         value = {str(v): {} for v in value}
     if not isinstance(value, dict) or not value:
-        raise _fail(where, "needs 'targets': target datasets, as a list or a mapping label -> {dataset, archs, set, metrics}")
+        raise _fail(where, "needs 'targets': target datasets, as a list or a mapping "
+                           "label -> {dataset, archs, set, metrics}")
     out = []
     for label, spec in value.items():
         spec = spec or {}
@@ -126,7 +129,8 @@ def _targets(value: Any, default_archs: list[str] | None, metrics: Any, where: s
             raise _fail(where, f"target '{label}' must be a mapping of {', '.join(TARGET_KEYS)}")
         for key in spec:
             if key not in TARGET_KEYS:
-                raise _fail(where, f"target '{label}' has unknown key '{key}'{did_you_mean(str(key), list(TARGET_KEYS))}")
+                raise _fail(where, f"target '{label}' has unknown key "
+                                   f"'{key}'{did_you_mean(str(key), list(TARGET_KEYS))}")
         archs = _names(spec["archs"], where, f"targets.{label}.archs") if "archs" in spec else default_archs
         if not archs:
             raise _fail(where, f"target '{label}' has no architectures: give 'archs' at the top or in the target")
@@ -190,7 +194,8 @@ def _check_runtime(runtime: dict[str, Any], where: str) -> None:
             raise _fail(where, f"unknown runtime key '{key}'{did_you_mean(key, list(RUNTIME_KEYS))} "
                                f"(keys: {', '.join(RUNTIME_KEYS)})")
     hw = speed.Hardware()  # the values' validity does not depend on the machine
-    for key, check in (("num_workers", lambda v: speed.workers(v, hw)), ("precision", lambda v: speed.precision(v, hw))):
+    for key, check in (("num_workers", lambda v: speed.workers(v, hw)),
+                       ("precision", lambda v: speed.precision(v, hw))):
         if runtime.get(key) is not None:
             try:
                 check(runtime[key])
@@ -228,7 +233,8 @@ def plan(grid: Grid) -> list[str]:
                      + (f"  set {json.dumps(sets, default=str)}" if sets else ""))
     head = (f"grid '{grid.name}': {len(lines)} cells ({len(grid.targets)} targets × chains "
             f"{', '.join(grid.chains)} × seeds {', '.join(map(str, grid.seeds))}), at most {len(stages)} "
-            f"stages to train (a stage shared by cells trains once), baseline '{grid.baseline}', scored on the {grid.split} split")
+            f"stages to train (a stage shared by cells trains once), baseline '{grid.baseline}', "
+            f"scored on the {grid.split} split")
     return [head, *lines]
 
 
@@ -288,7 +294,8 @@ def run_grid(path: str | Path, *, seeds: list[int] | None = None, out: str | Pat
     runtime = {**grid.runtime, **{k: v for k, v in runtime_kw.items() if v is not None}}
     say = tqdm.write
     if done:
-        say(f"[{grid.name}] {len(done)} of {len(todo)} cells already finished in {out}; running the other {len(pending)}")
+        say(f"[{grid.name}] {len(done)} of {len(todo)} cells already finished in {out}; "
+            f"running the other {len(pending)}")
     failed = 0
     bar = tqdm(total=len(todo), initial=len(done), unit="cell", desc=grid.name, dynamic_ncols=True)
     for cell in pending:

@@ -103,9 +103,11 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     lin = model.medzoo_lineage
     title = f"{lin.name or name}: {store.public_dataset(dataset)}/{split}"
     body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>{len(wrong)} of {len(predicted)} images misclassified (accuracy {1 - len(wrong) / len(predicted):.3f}). "
+            f"<p>{len(wrong)} of {len(predicted)} images misclassified "
+            f"(accuracy {1 - len(wrong) / len(predicted):.3f}). "
             f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "
-            f"tensor, de-normalised. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by medzoo errors.</p>",
+            f"tensor, de-normalised. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+            "by medzoo errors.</p>",
             f'<h2 id="wrong">Misclassified ({len(wrong)}), most confident first</h2><div class="grid">',
             *[card(i, "wrong") for i in wrong], "</div>",
             f'<h2 id="right">Right but least confident ({len(ok)})</h2><div class="grid">',

@@ -20,7 +20,8 @@ def classification_metrics(task: str, logits: torch.Tensor, target: torch.Tensor
     if task == "multilabel":
         probs, target = logits.sigmoid(), target.long()
         kw = {"task": "multilabel", "num_labels": num_classes}
-        return {"auc": _float(auroc(probs, target, average="macro", **kw)), "accuracy": _float(accuracy(probs, target, **kw))}
+        return {"auc": _float(auroc(probs, target, average="macro", **kw)),
+                "accuracy": _float(accuracy(probs, target, **kw))}
     probs = logits.softmax(1)
     if num_classes == 2:
         p1 = probs[:, 1]
@@ -70,7 +71,8 @@ def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: in
                                        validate_args=False)
 
 
-def segmentation_metrics(confmat: torch.Tensor, classes: list[str], ignore_index: int | None = None) -> dict[str, float]:
+def segmentation_metrics(confmat: torch.Tensor, classes: list[str],
+                         ignore_index: int | None = None) -> dict[str, float]:
     """Dice and IoU per class and their means, from a summed pixel confusion matrix.
 
     The means leave out the ignored code and a class named 'background' (it would flatter every model),

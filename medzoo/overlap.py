@@ -154,8 +154,9 @@ def _informative(ph: np.ndarray) -> np.ndarray:
 
 def find_pairs(train: Hashes, held: Hashes, distance: int = DISTANCE) -> list[tuple[str, str, int]]:
     """``(held id, train id, distance)`` for each held-out image found among the training images (distance
-    -1: identical pixels; else the perceptual hashes' Hamming distance). Vectorised band matching: two hashes within ``distance`` bits agree exactly on one of
-    ``distance + 1`` bands, so only pairs sharing a band are compared."""
+    -1: identical pixels; else the perceptual hashes' Hamming distance). Vectorised band matching: two hashes
+    within ``distance`` bits agree exactly on one of ``distance + 1`` bands, so only pairs sharing a band are
+    compared."""
     pairs: dict[int, tuple[int, int]] = {}
     if len(train.ids) and len(held.ids):
         where = {int(e): i for i, e in enumerate(train.exact) if e}

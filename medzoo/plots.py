@@ -17,7 +17,8 @@ def _plt():
     return plt
 
 
-def plot_curves(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str], out: Path, title: str) -> None:
+def plot_curves(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str], out: Path,
+                title: str) -> None:
     """``roc.png`` and ``pr.png``: the positive class for two classes, one curve per class (one-vs-rest)
     or per label otherwise. Classes without positives or negatives have no curve."""
     import torchmetrics.functional.classification as F
@@ -113,8 +114,8 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str, path:
     for k, (label, runs) in enumerate(curves.items()):
         for ax, key in zip(axes, ("val_loss", f"val_{metric}")):
             epochs = max((len(r) for r in runs), default=0)
-            rows = [[float(r[e][key]) if e < len(r) and r[e].get(key) not in (None, "") else np.nan for e in range(epochs)]
-                    for r in runs]
+            rows = [[float(r[e][key]) if e < len(r) and r[e].get(key) not in (None, "") else np.nan
+                     for e in range(epochs)] for r in runs]
             if not rows or not epochs:
                 continue
             arr = np.asarray(rows, dtype=float)

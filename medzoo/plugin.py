@@ -81,7 +81,8 @@ __all__ = [
     # errors and messages
     "MedzooError", "MedzooWarning", "did_you_mean", "log",
     # data
-    "DataSource", "ArraySource", "Record", "SPLITS", "DATA_ROOT_HELP", "data_root", "parse_data_roots", "root_for", "skipping_bad", "open_dataset",
+    "DataSource", "ArraySource", "Record", "SPLITS", "DATA_ROOT_HELP", "data_root", "parse_data_roots", "root_for",
+    "skipping_bad", "open_dataset",
     "assign_splits", "split_official", "check_leakage", "bad_input", "file_digests",
     # preprocessing and caches
     "PreprocessConfig", "fit_pair", "to_channels", "cache_home", "tmp_folder", "clean_stale_tmp", "truncate_npy",

@@ -39,11 +39,12 @@ def compare(base: dict[int, float], other: dict[int, float]) -> dict[str, Any]:
 
     from scipy import stats
 
-    warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)  # near-constant samples: p is still right
+    # near-constant samples: p is still right
+    warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
     a = {s: v for s, v in base.items() if v is not None and not math.isnan(v)}
     b = {s: v for s, v in other.items() if v is not None and not math.isnan(v)}
-    out: dict[str, Any] = {"diff": float(np.mean(list(b.values())) - np.mean(list(a.values()))) if a and b else math.nan,
-                           "p_paired": math.nan, "p_indep": math.nan, "n_pairs": 0}
+    diff = float(np.mean(list(b.values())) - np.mean(list(a.values()))) if a and b else math.nan
+    out: dict[str, Any] = {"diff": diff, "p_paired": math.nan, "p_indep": math.nan, "n_pairs": 0}
     pairs = sorted(set(a) & set(b))
     out["n_pairs"] = len(pairs)
     if len(pairs) >= 2:
@@ -154,7 +155,8 @@ def build_report(out: str | Path) -> Path:
                     bm, bs = _mean_std(list(_clean(a).values()))
                     cm, cs = _mean_std(list(_clean(b).values()))
                     diff = "–" if math.isnan(st["diff"]) else f"{st['diff']:+.3f}"
-                    lines.append(f"| {arch} | {chain} | {m} | {_fmt(bm, bs, len(_clean(a)))} | {_fmt(cm, cs, len(_clean(b)))} "
+                    lines.append(f"| {arch} | {chain} | {m} | {_fmt(bm, bs, len(_clean(a)))} "
+                                 f"| {_fmt(cm, cs, len(_clean(b)))} "
                                  f"| {diff} | {_p(st['p_paired'])} | {_p(st['p_indep'])} | {st['n_pairs']} |")
         slug = store.slug(label)
         plot_bars(archs, bars, metrics, plots / f"{slug}-bars.png", f"{grid['name']}: {label}")

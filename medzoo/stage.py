@@ -159,8 +159,8 @@ class StageTrainer:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
 
     def _channels_last(self) -> bool:
-        return speed.channels_last(self.runtime.channels_last, self.hw,
-                                   speed.precision(self.runtime.precision, self.hw), speed.is_transformer(self.arch_ref))
+        precision = speed.precision(self.runtime.precision, self.hw)
+        return speed.channels_last(self.runtime.channels_last, self.hw, precision, speed.is_transformer(self.arch_ref))
 
     def _transform_cfg(self) -> mzdata.TransformConfig:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -551,8 +551,8 @@ class StageTrainer:
             lineage = self._lineage(best, history, seconds, sha)
             lineage.name = final_name
             lineage.stages[-1].checkpoint, lineage.stages[-1].weights_sha256 = final_name, sha
-            config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
-                                       final_name, lineage)
+            config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe,
+                                       self._transform_cfg(), final_name, lineage)
             store.write_config(tmp, {k: v for k, v in config.items() if k != "medzoo"}, lineage)
             (tmp / "metrics.json").write_text(json.dumps({"split": "val", "best_epoch": best["epoch"],
                                                           **best.get("val", {})}, indent=2))

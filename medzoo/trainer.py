@@ -219,7 +219,8 @@ def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataS
 def _summary(results: list[StageResult]) -> None:
     rows = [(r.dataset, r.name, f"{r.metric} {r.best:.4f}" if isinstance(r.best, float) else "-",
              "reused" if r.reused else f"{r.seconds:.0f}s") for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("stage", "checkpoint", "best", "time"))]
+    widths = [max(len(h), *(len(row[i]) for row in rows))
+              for i, h in enumerate(("stage", "checkpoint", "best", "time"))]
     log("")
     for row in [("stage", "checkpoint", "best", "time"), *rows]:
         log("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
