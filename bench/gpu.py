@@ -187,7 +187,8 @@ def main() -> None:
 
     n_img = 32 if quick else 512
     pipe = pipeline(device, hw, n_img, size, batch, 1.0 if quick else 8.0)
-    print(f"\n-- data pipeline from the cache ({n_img} PNG 512x512 cached at 256 px, 'light' augmentation to {size} px)")
+    print(f"\n-- data pipeline from the cache ({n_img} PNG 512x512 cached at 256 px, "
+          f"'light' augmentation to {size} px)")
     common.table([[f"--workers {k}", w, rate(v)] for k, (w, v) in pipe.items()],
                   ["loader", "workers", "img/s"])
     for arch, v in model_ips.items():

@@ -32,7 +32,8 @@ def medzoo_default(arch: str, hw) -> str:
 
 def cpu_line(hw) -> str:
     """The CPU facts the defaults are decided from, and any ISA cap set in the environment (an emulated CPU)."""
-    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if k in os.environ}
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+            if k in os.environ}
     return (f"cpu capability {hw.cpu_capability} ({hw.cpu_arch}), oneDNN bf16 {hw.mkldnn_bf16}, bf16 instructions "
             f"{hw.bf16_instructions}: native bf16 {'yes' if hw.cpu_bf16_native else 'no'}"
             + (f"; ISA capped by {caps}" if caps else ""))

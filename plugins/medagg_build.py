@@ -79,7 +79,8 @@ def parse_sources(text: str) -> list[tuple[str, str | None]]:
         else:
             out.append((name, root or None))
     if not out:
-        raise MedzooError("--from names no source; give registered datasets, e.g. --from chest_xray,medmnist:pathmnist_224")
+        raise MedzooError("--from names no source; give registered datasets, "
+                          "e.g. --from chest_xray,medmnist:pathmnist_224")
     return out
 
 
@@ -131,7 +132,8 @@ def _open_sources(cfg: BuildConfig) -> list[_Source]:
         if data.task != "classification" and cfg.label == "fine":
             raise MedzooError(f"medagg: source '{name}' is a {data.task} dataset: it has no single class per image; "
                               "leave it out or build with --label modality|body_part")
-        out.append(_Source(_source_key(name, taken), name, data, data.meta.get("modality") or spec.modality or "unknown",
+        out.append(_Source(_source_key(name, taken), name, data,
+                           data.meta.get("modality") or spec.modality or "unknown",
                            data.meta.get("body_part") or spec.body_part or "unknown",
                            license_id(data.meta.get("license") or spec.license)))
     return out
