@@ -80,7 +80,8 @@ def test_data_root_matches_stages_with_an_argument_on_the_base_name(tmp_path):
                            data_roots={"medmnist": str(tmp_path / "medmnist")})
     assert results[0].dataset == "medmnist:pneumoniamnist"
     env = {"MEDZOO_HOME": str(tmp_path / "home")}
-    ok = run_cli("data", "check", "medmnist:pneumoniamnist", "--data-root", f"medmnist={tmp_path / 'medmnist'}", env=env)
+    ok = run_cli("data", "check", "medmnist:pneumoniamnist", "--data-root", f"medmnist={tmp_path / 'medmnist'}",
+                 env=env)
     assert ok.stdout.startswith("medmnist:pneumoniamnist: 20 images")
     # a bare PATH means a folder holding one folder per dataset, in data check as in train
     ok = run_cli("data", "check", "medmnist:pneumoniamnist", "--data-root", str(tmp_path), env=env)

@@ -223,8 +223,8 @@ def test_stale_temp_folders_of_dead_builds_are_removed_live_ones_kept(tmp_path):
     # medagg builds beside --out: only that build's own dead temp folders go
     mine, theirs = tmp_path / f".agg.tmp-{dead.pid}-0a1b2c3d", tmp_path / f".other.tmp-{dead.pid}-0a1b2c3d"
     mine.mkdir(), theirs.mkdir()
-    build_medagg(BuildConfig([(f"imagefolder:{_folder(tmp_path / 'src', ['a/0.png', 'a/1.png', 'b/0.png', 'b/1.png'], 5)}",
-                               None)], tmp_path / "agg", size=16))
+    src = _folder(tmp_path / "src", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"], 5)
+    build_medagg(BuildConfig([(f"imagefolder:{src}", None)], tmp_path / "agg", size=16))
     assert not mine.exists() and theirs.exists()
 
 

@@ -20,7 +20,8 @@ ELSEWHERE = {
         "(medagg built from real layouts, an offline HF cache; epochs=1)",
     "medzoo experiment experiments/phantom.yaml --seeds 0,1":
         "tests/test_experiment.py::grid_run (the same grid and seeds through the CLI, killed and resumed)",
-    "medzoo report runs/phantom": "tests/test_experiment.py::test_report_has_a_table_per_target_with_p_values_and_rebuilds",
+    "medzoo report runs/phantom":
+        "tests/test_experiment.py::test_report_has_a_table_per_target_with_p_values_and_rebuilds",
     "medzoo publish NAME --repo-id ORG/NAME --license cc-by-4.0":
         "tests/test_provenance.py::test_an_unknown_licence_makes_publish_refuse_unless_named (refused without "
         "--license, carded with it) and tests/test_zoo_hub.py (the upload itself, to the Hub test double)",

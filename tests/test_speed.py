@@ -73,7 +73,8 @@ def test_cli_workers_flag_refuses_junk_before_anything_runs():
 
 
 def test_lineage_records_the_precision_actually_used():
-    results = medzoo.train("resnet18", "scratch,phantom_lesion", overrides=["epochs=1", "image_size=32", "batch_size=32"])
+    results = medzoo.train("resnet18", "scratch,phantom_lesion",
+                           overrides=["epochs=1", "image_size=32", "batch_size=32"])
     lineage = json.loads((results[-1].path / store.CONFIG).read_text())["medzoo"]
     runtime = lineage["stages"][-1]["runtime"]
     hw = speed.detect("cpu")

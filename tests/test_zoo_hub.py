@@ -31,7 +31,8 @@ def test_publish_then_load_with_medzoo_and_plain_timm(ckpt, hub):
     result = mzhub.publish(ckpt, REPO)
     repo = hub.repos[REPO]
     assert result.commit == repo.branches["main"] and result.url == f"{hub.url}/{REPO}"
-    assert sorted(repo.commits[result.commit].files) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert sorted(repo.commits[result.commit].files) == [".gitattributes", "README.md", "config.json",
+                                                         "model.safetensors"]
     assert all(auth == f"Bearer {TOKEN}" for method, _, auth in hub.requests if method == "POST")
 
     local = _local_state(ckpt)
@@ -52,7 +53,8 @@ def test_publish_then_load_with_medzoo_and_plain_timm(ckpt, hub):
     assert {"medical-imaging", "transfer-learning"} <= set(meta["tags"]) and meta["datasets"] == ["phantom_lesion"]
     assert card.data.eval_results[0].dataset_name == "phantom_lesion"
     assert {r.metric_type for r in card.data.eval_results} == {"auc", "accuracy"}
-    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card.text and "not for clinical use" in card.text.lower()
+    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card.text
+    assert "not for clinical use" in card.text.lower()
     published = json.loads(repo.commits[result.commit].files["config.json"])
     assert published == store.get_local(ckpt).full_config() and published["architecture"] == "test_resnet"
 
@@ -235,4 +237,5 @@ def test_offline_load_from_a_prepopulated_cache(ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env={**__import__("os").environ, **env},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "OK" in proc.stdout and "ERR hf-hub:lab/not-cached: config.json is not in the Hugging Face cache" in proc.stdout
+    assert "OK" in proc.stdout
+    assert "ERR hf-hub:lab/not-cached: config.json is not in the Hugging Face cache" in proc.stdout

@@ -63,7 +63,8 @@ def test_a_plain_smp_repo_is_not_taken_for_a_medzoo_model(hub, tmp_path):
     net.save_pretrained(tmp_path / "plain")
     huggingface_hub.HfApi().create_repo("lab/plain-unet", exist_ok=True)
     huggingface_hub.HfApi().upload_folder(repo_id="lab/plain-unet", folder_path=tmp_path / "plain")
-    with pytest.raises(MedzooError, match=r"repo without medzoo.json, so not a medzoo model; load it with smp.from_pretrained"):
+    with pytest.raises(MedzooError,
+                       match=r"repo without medzoo.json, so not a medzoo model; load it with smp.from_pretrained"):
         medzoo.load("hf-hub:lab/plain-unet")
 
 
@@ -86,7 +87,8 @@ def test_swin_unetr_publishes_medzoo_files_with_a_monai_recipe(tmp_path, monkeyp
     assert "library_name" not in card.data.to_dict() and "monai" in card.data.to_dict()["tags"]
     snippet = re.search(r"With plain monai.*?```python\n(.*?)```", card.text, re.S)[1]
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo, filename: str(tmp_path / "out" / filename) if repo == "lab/bcss-swin-unetr" else None)
+                        lambda repo, filename: str(tmp_path / "out" / filename)
+                        if repo == "lab/bcss-swin-unetr" else None)
     scope = {}
     exec(snippet, scope)
     assert same_state(state_of(scope["model"]), local)
