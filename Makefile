@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medzoo-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -32,7 +32,14 @@ demo: $(STAMP)
 	  --saliency $$dir/saliency && \
 	{ set +x; } 2>/dev/null && echo "predictions of 4 test images: $$dir/predictions.csv; saliency maps: $$dir/saliency/"
 
-test: $(STAMP)
+# ruff (lint + import order), mypy (medzoo/) and import-linter's layering contracts, all configured in
+# pyproject.toml; `make test` runs them first, so CI (.ci/run) fails on a lint error before spending the test time
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -26,6 +26,7 @@ def main() -> None:
     common.header(f"preprocessed cache: epoch 1 vs later epochs, {args.images} DICOMs {SHAPE[0]}x{SHAPE[1]} 16-bit")
     import torch
 
+    from medzoo import cache as mzcache
     from medzoo import data as mzdata
 
     torch.set_num_threads(1)  # DataLoader workers (the trainer's default is 0) are single-threaded too
@@ -45,7 +46,7 @@ def main() -> None:
             opened = {}
 
             def first():
-                opened["src"] = mzdata.open_dataset(f"dicom:{folder}", preprocess=PREPROCESS)
+                opened["src"] = mzcache.open_dataset(f"dicom:{folder}", preprocess=PREPROCESS)
                 epoch(opened["src"])
 
             times[kind]["epoch 1"].append(common.timed(first))

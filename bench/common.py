@@ -13,8 +13,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("MEDZOO_BENCH_DATA", BENCH / ".data"))  # generated inputs, reused between runs

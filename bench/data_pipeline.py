@@ -31,6 +31,7 @@ SIZE = 224
 def medzoo_epochs(name: str, workers: int, later: bool) -> tuple[float, float, int]:
     import torch
 
+    from medzoo import cache as mzcache
     from medzoo import data as mzdata
 
     common.fresh_home("pipeline")
@@ -42,7 +43,7 @@ def medzoo_epochs(name: str, workers: int, later: bool) -> tuple[float, float, i
         return torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, num_workers=workers)
 
     def first():
-        out["src"] = mzdata.open_dataset(name, preprocess=PREPROCESS)
+        out["src"] = mzcache.open_dataset(name, preprocess=PREPROCESS)
         for _ in loader(out["src"]):
             pass
 

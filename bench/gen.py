@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import BENCH, DATA
 
 sys.path.insert(0, str(BENCH.parent / "tests"))

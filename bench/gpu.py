@@ -15,9 +15,8 @@ import argparse
 import sys
 import time
 
-import torch
-
 import common
+import torch
 
 CONFIGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (False, True),
            "channels_last+bf16": (True, True)}
@@ -81,7 +80,7 @@ def throughput(arch: str, device: torch.device, hw, batch: int, size: int, steps
         run = torch.compile(net) if compiled else net
         xin = x.contiguous(memory_format=torch.channels_last) if cl else x
 
-        def step():
+        def step(opt=opt, run=run, xin=xin, bf16=bf16):  # bound now: the loop deletes them after timing
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = crit(run(xin).float(), y)
@@ -101,7 +100,7 @@ def throughput(arch: str, device: torch.device, hw, batch: int, size: int, steps
             sync(device)
             times.append((time.perf_counter() - t) / steps)
         out[name] = (times, warm)
-        del net, opt, run
+        del net, opt, run, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out, default
@@ -113,10 +112,12 @@ def pipeline(device: torch.device, hw, n: int, size: int, batch: int, seconds: f
     start-up) is left out."""
     import gen
 
-    from medzoo import data as mzdata, speed
+    from medzoo import cache as mzcache
+    from medzoo import data as mzdata
+    from medzoo import speed
 
     folder = gen.png_folder(f"png512_{n}", n, 512)
-    src = mzdata.open_dataset(f"imagefolder:{folder}", preprocess={"size": 256, "channels": 1})
+    src = mzcache.open_dataset(f"imagefolder:{folder}", preprocess={"size": 256, "channels": 1})
     tf = mzdata.build_transform(mzdata.TransformConfig(image_size=size, augment="light", in_chans=3), True)
     ds = mzdata.TorchDataset(src, "train", tf, 3)
     out = {}
@@ -187,7 +188,8 @@ def main() -> None:
 
     n_img = 32 if quick else 512
     pipe = pipeline(device, hw, n_img, size, batch, 1.0 if quick else 8.0)
-    print(f"\n-- data pipeline from the cache ({n_img} PNG 512x512 cached at 256 px, 'light' augmentation to {size} px)")
+    print(f"\n-- data pipeline from the cache ({n_img} PNG 512x512 cached at 256 px, "
+          f"'light' augmentation to {size} px)")
     common.table([[f"--workers {k}", w, rate(v)] for k, (w, v) in pipe.items()],
                   ["loader", "workers", "img/s"])
     for arch, v in model_ips.items():

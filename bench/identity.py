@@ -56,7 +56,8 @@ def main_open_imagefolder(*, root=None, arg=None):
     top = Path(arg)
     split_dirs = [s for s in SPLITS if (top / s).is_dir()]
     layout = [(s, top / s) for s in split_dirs] if split_dirs else [(None, top)]
-    classes = sorted({d.name for _, base in layout for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    classes = sorted({d.name for _, base in layout for d in base.iterdir()
+                      if d.is_dir() and not d.name.startswith(".")})
     records = []
     for split, base in layout:
         for c in classes:

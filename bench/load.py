@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 
-import torch
-
 import common
+import torch
 
 
 def main() -> None:
@@ -68,9 +67,9 @@ def main() -> None:
                         common.median(runs["medzoo.load"]) / common.median(runs["timm + torch.load"])))
     common.table(rows, ["arch", "path", "median", "vs timm", "spread"])
     print(f"load at end: {common.load()}")
-    for arch, vs_timm, vs_torch in figures:
+    for arch, _, vs_torch in figures:
         print(common.ratio(f"load_{arch}_vs_timm_torch_load", vs_torch, "info"))
-    for arch, vs_timm, vs_torch in figures:
+    for arch, vs_timm, _ in figures:
         print(common.ratio(f"load_{arch}_vs_timm_safetensors", vs_timm, "<=1.2"))
 
 

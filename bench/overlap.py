@@ -14,9 +14,8 @@ import argparse
 import csv
 import json
 
-import numpy as np
-
 import common
+import numpy as np
 
 
 def write_build(folder, n: int, planted: np.ndarray) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
 import common
+import torch
 
 CONFIGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (False, True),
            "channels_last+bf16": (True, True)}
@@ -32,7 +31,8 @@ def medzoo_default(arch: str, hw) -> str:
 
 def cpu_line(hw) -> str:
     """The CPU facts the defaults are decided from, and any ISA cap set in the environment (an emulated CPU)."""
-    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if k in os.environ}
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+            if k in os.environ}
     return (f"cpu capability {hw.cpu_capability} ({hw.cpu_arch}), oneDNN bf16 {hw.mkldnn_bf16}, bf16 instructions "
             f"{hw.bf16_instructions}: native bf16 {'yes' if hw.cpu_bf16_native else 'no'}"
             + (f"; ISA capped by {caps}" if caps else ""))
@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     common.header(f"precision/layout: training images/s, batch {args.batch}, 224 px")
-    from medzoo import models, speed as mzspeed
+    from medzoo import models
+    from medzoo import speed as mzspeed
 
     hw = mzspeed.detect("cpu")
     print(cpu_line(hw))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 import common
+import torch
 
 STEPS = 2
 
@@ -43,7 +42,9 @@ def main() -> None:
     common.fresh_home("overhead")
     import timm
 
-    from medzoo import data as mzdata, recipe as mzrecipe, store
+    from medzoo import data as mzdata
+    from medzoo import recipe as mzrecipe
+    from medzoo import store
     from medzoo.lineage import Lineage, SourceRecord
     from medzoo.registry import registry
     from medzoo.stage import Parent, Runtime, StageTrainer

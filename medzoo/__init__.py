@@ -1,15 +1,14 @@
 """medzoo: a plugin-based model zoo for multi-stage transfer learning in medical imaging."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
+from .evaluation import evaluate  # the module is medzoo.evaluation; medzoo.evaluate is the function
 from .hookspecs import hookimpl
-from .registry import (ArchSpec, DatasetSpec, FreezePolicySpec, MedzooError, WeightSourceSpec,
-                       registry as _registry)
+from .inference import predict  # the module is medzoo.inference; medzoo.predict is the function
 from .models import create_model
+from .registry import ArchSpec, DatasetSpec, FreezePolicySpec, MedzooError, WeightSourceSpec
+from .registry import registry as _registry
 from .trainer import Runtime, StageResult, train
 from .zoo import load, transforms_for
-from .evaluation import evaluate  # the module is medzoo.evaluation; medzoo.evaluate is the function
-from .inference import predict  # the module is medzoo.inference; medzoo.predict is the function
 
 
 def list_archs() -> list[ArchSpec]:
@@ -51,6 +50,7 @@ def get_source(name: str) -> WeightSourceSpec:
 
 __all__ = [
     "ArchSpec", "DatasetSpec", "FreezePolicySpec", "WeightSourceSpec", "MedzooError", "hookimpl",
-    "create_model", "load", "transforms_for", "train", "evaluate", "predict", "Runtime", "StageResult", "get_arch", "get_dataset", "get_policy", "get_source",
+    "create_model", "load", "transforms_for", "train", "evaluate", "predict", "Runtime", "StageResult",
+    "get_arch", "get_dataset", "get_policy", "get_source",
     "list_archs", "list_datasets", "list_policies", "list_sources", "__version__",
 ]

@@ -18,16 +18,20 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from .data import DataSource, Record, bad_input, log, skipping
-from .registry import MedzooError, did_you_mean
+from .data import DataSource, Record, bad_input, log, skipping, skipping_bad
+from .data import open_dataset as open_raw
+from .registry import MedzooError, did_you_mean, registry
+from .resize import FitConfig, step_refs
 from .store import home as store_home
+from .store import swap_dir as store_swap_dir
 
 # Bump when any preprocessing step changes what it writes: old caches then miss instead of being reused.
 CACHE_VERSION = 1
@@ -62,7 +66,7 @@ class PreprocessConfig:
         step_refs(self)  # unknown names and bad arguments fail when the config is read, not mid-build
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PreprocessConfig:
         d = _legacy_steps(dict(d or {}))
         names = [f.name for f in dataclasses.fields(cls)]
         for key in d:
@@ -96,25 +100,6 @@ def _legacy_steps(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def step_refs(cfg: PreprocessConfig) -> list:
-    """The registry entries of ``cfg``'s steps in the order they run: ``cfg.steps``, then CLAHE."""
-    from .registry import registry
-
-    names = [*cfg.steps, *([f"clahe:{cfg.clahe:g}"] if cfg.clahe else [])]
-    refs = [registry().resolve("steps", n) for n in names]
-    for ref in refs:
-        if ref.spec.check is not None:
-            ref.spec.check(ref.arg)
-    return refs
-
-
-def apply_steps(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig):
-    """Run ``cfg``'s named steps (and CLAHE) on raw pixels and their mask: the domain part of ``prepare``."""
-    for ref in step_refs(cfg):
-        img, mask = ref.spec.apply(img, mask, ref.arg)
-    return img, mask
-
-
 def step_versions(cfg: PreprocessConfig) -> dict[str, int]:
     """Each step's code version, part of the cache key: a plugin that changes a step's output bumps it."""
     return {ref.spec.name: ref.spec.version for ref in step_refs(cfg)}
@@ -124,72 +109,28 @@ def cache_home() -> Path:
     return store_home() / "cache"
 
 
-# -- the generic part of preprocessing: size and channels ---------------------------------------
-
-def _as_float(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 65535
-    return np.clip(img.astype(np.float32, copy=False), 0, 1)
-
-
-def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    """H×W or H×W×C → H×W (channels=1) or H×W×3, alpha dropped."""
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[..., :3]
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if channels == 1:
-        return img if img.ndim == 2 else img.astype(np.float32).mean(2).astype(img.dtype)
-    return img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-
-
-def _geometry(h: int, w: int, size: int, fit: str) -> tuple[int, int]:
-    if fit == "stretch":
-        return size, size
-    scale = size / (max(h, w) if fit == "pad" else min(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def _place(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
-    """Centre-pad or centre-crop the last two dims of ``x`` to size×size."""
-    h, w = x.shape[-2:]
-    out = torch.full((*x.shape[:-2], size, size), fill, dtype=x.dtype)
-    top, left = (size - h) // 2, (size - w) // 2
-    sy, sx = max(0, -top), max(0, -left)
-    ty, tx = max(0, top), max(0, left)
-    hh, ww = min(h - sy, size - ty), min(w - sx, size - tx)
-    out[..., ty:ty + hh, tx:tx + ww] = x[..., sy:sy + hh, sx:sx + ww]
-    return out
-
-
-def fit_pair(img: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig, *, channels: int | None = None,
-             pad_mask: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize an image (antialiased) and its mask (nearest) to ``cfg.size`` as ``cfg.fit`` says, convert the
-    image to ``cfg.channels`` (else ``channels``, else 3) and ``cfg.dtype``."""
-    img = to_channels(img, cfg.channels or channels or (1 if img.ndim == 2 else 3))
-    h, w = img.shape[:2]
-    nh, nw = _geometry(h, w, cfg.size, cfg.fit)
-    x = torch.from_numpy(_as_float(img))
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-    x = torch.nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True,
-                                        align_corners=False)[0].clamp_(0, 1)
-    x = _place(x, cfg.size, 0.0)
-    top = 65535 if cfg.dtype == "uint16" else 255
-    out = (x * top).round_().numpy().astype(cfg.dtype)
-    out = out[0] if out.shape[0] == 1 else out.transpose(1, 2, 0)
-    if mask is None:
-        return np.ascontiguousarray(out), None
-    if mask.shape[:2] != (h, w):
-        raise MedzooError(f"mask of size {mask.shape[:2]} does not match its image {(h, w)}; check the mask files")
-    m = torch.from_numpy(np.asarray(mask, dtype=np.int64))[None, None].float()
-    m = torch.nn.functional.interpolate(m, size=(nh, nw), mode="nearest-exact")[0, 0]
-    m = _place(m, cfg.size, float(pad_mask)).numpy()
-    return np.ascontiguousarray(out), m.astype(np.uint8 if m.max(initial=0) < 256 else np.int32)
-
-
 # -- the cache -----------------------------------------------------------------------------------
+
+def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any = None,
+                 skip_bad: bool = False, trainable: bool = False) -> DataSource:
+    """``medzoo.data.open_dataset`` (open a registered dataset by name and validate it), then, when asked,
+    preprocessed into the cache.
+
+    ``preprocess``: None (or False) reads the raw images; a :class:`PreprocessConfig` (or a dict of its
+    fields, or True for the dataset's recipe ``preprocess``) returns a :class:`CachedSource` whose images were
+    preprocessed once into a memory-mapped cache under ``$MEDZOO_HOME/cache``.
+    ``skip_bad``: leave out bad rows and files instead of failing (listed in ``source.meta['skipped']``).
+    ``trainable``: also refuse a classification dataset with one class, before caching.
+    """
+    source = open_raw(name, root, skip_bad=skip_bad, trainable=trainable)
+    if preprocess is None or preprocess is False:
+        return source
+    if preprocess is True:
+        preprocess = registry().resolve("datasets", name).spec.recipe.get("preprocess", {})
+    cfg = preprocess if isinstance(preprocess, PreprocessConfig) else PreprocessConfig.from_dict(preprocess)
+    with skipping_bad(skip_bad):
+        return CachedSource(source, cfg)
+
 
 def cache_key(source: DataSource, cfg: PreprocessConfig, skip_bad: bool = False) -> str:
     # skip_bad is part of the key: a cache that left out unreadable files must never serve a run that
@@ -223,7 +164,7 @@ def clean_stale_tmp(folder: Path, prefix: str = ".") -> list[Path]:
     """Remove the temporary build folders in ``folder`` (named by ``tmp_folder``, starting with ``prefix``)
     whose process is dead: what a killed build left. A live build's folder, and anything medzoo did not
     name, are left alone. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -293,7 +234,7 @@ class CachedSource(DataSource):
     def verify(self) -> list[str]:
         return self.source.verify()
 
-    def prepare(self, record: Record, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+    def prepare(self, record: Record, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray | None]:
         raise MedzooError("a cached dataset is already preprocessed; open the dataset without preprocess=")
 
     def _build(self) -> None:
@@ -323,8 +264,8 @@ class CachedSource(DataSource):
                     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=img.dtype,
                                                        shape=(len(records), *img.shape))
                     if mask is not None:
-                        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+",
-                                                          dtype=np.uint8 if len(self.source.classes) < 256 else np.int32,
+                        mask_dtype = np.uint8 if len(self.source.classes) < 256 else np.int32
+                        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=mask_dtype,
                                                           shape=(len(records), *mask.shape))
                 images[n] = img
                 if masks is not None:
@@ -342,11 +283,9 @@ class CachedSource(DataSource):
             (tmp / "index.json").write_text(json.dumps({"key": self.key, "name": self.source.name,
                                                         "config": self.cfg.to_dict(), "channels": channels,
                                                         "rows": rows, "skipped": skipped}))
-            if self.path.exists():  # an invalid (stale-keyed or partial) folder with our name
-                shutil.rmtree(self.path)
-            try:
-                os.rename(tmp, self.path)
-            except OSError:  # another process finished the same cache first: use theirs
+            try:  # an invalid (stale-keyed or partial) folder with our name is replaced
+                store_swap_dir(tmp, self.path)
+            except MedzooError:  # another process finished the same cache first: use theirs
                 if not self._valid():
                     raise
         finally:

@@ -71,7 +71,7 @@ def card_data(ckpt: store.Checkpoint, metrics: dict[str, Any], *, license: str |
     results = [EvalResult(task_type=pipeline, dataset_type=last, dataset_name=last, dataset_split=split,
                           metric_type=k, metric_name=f"{split} {k}", metric_value=round(v, 6))
                for k, v in finite_metrics(metrics).items()]
-    extra = {"license_name": "custom", "license_link": "LICENSE"} if hf == "other" else {}
+    extra: dict[str, Any] = {"license_name": "custom", "license_link": "LICENSE"} if hf == "other" else {}
     hub_layout = layout(ckpt)
     return ModelCardData(
         license=hf, library_name=hub_layout.hf_library, pipeline_tag=pipeline, model_name=ckpt.name,
@@ -89,7 +89,7 @@ def _public(dataset: str) -> str:
 def layout(ckpt: store.Checkpoint) -> HubLayout:
     """The Hub layout of the checkpoint's architecture (its plugin's ``ArchSpec.hub_layout``): which library
     loads it and how; an architecture no installed plugin registers is refused, not guessed."""
-    return layout_of(ckpt.lineage.arch)
+    return layout_of(registry().resolve("archs", ckpt.lineage.arch).spec)
 
 
 def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[str, Any] | None = None,
@@ -112,7 +112,8 @@ def render(ckpt: store.Checkpoint, *, repo_id: str | None = None, metrics: dict[
         rows.append({"dataset": _public(s.dataset), "task": s.task, "modality": s.modality, "freeze": s.freeze,
                      "epochs_run": s.epochs_run, "n_train": s.n_train if s.n_train is not None else "?",
                      "license": s.license, "license_url": s.license_url,
-                     "data_text": (f"{d.get('records', '?')} records, fingerprint `{str(d.get('fingerprint', ''))[:16]}`"
+                     "data_text": (f"{d.get('records', '?')} records, "
+                                   f"fingerprint `{str(d.get('fingerprint', ''))[:16]}`"
                                    if d else f"fingerprint `{s.fingerprint[:16]}`"),
                      "overlap_text": _overlap_text(s.overlap),
                      "best_text": f"{best.get('metric')} {_fmt(best['value'])} (epoch {best.get('epoch')})"
@@ -223,7 +224,7 @@ def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
             return metrics
     last = lin.last
     val = dict(last.val_metrics) if last else {}
-    if val and last.best.get("epoch") is not None:
+    if last and val and last.best.get("epoch") is not None:
         val["best_epoch"] = last.best["epoch"]
     return val
 

@@ -6,11 +6,13 @@ import dataclasses
 import json
 import sys
 import warnings
+from typing import Any
 
 import click
 
-from . import __version__
-from .data import DATA_ROOT_HELP, parse_data_roots as _data_roots
+from ._version import __version__
+from .data import DATA_ROOT_HELP
+from .data import parse_data_roots as _data_roots
 from .registry import KINDS, MedzooError, MedzooWarning, Ref, display_name, registry
 
 
@@ -72,7 +74,8 @@ def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
 @click.argument("kind", type=click.Choice([*KINDS, "weights"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind, as_json):
-    """List registered archs, datasets, (freeze) policies, (weight) sources, or weights (local checkpoints + the catalogue)."""
+    """List registered archs, datasets, (freeze) policies, (weight) sources, or weights (local checkpoints +
+    the catalogue)."""
     if kind == "weights":
         rows = weights_rows()
         if as_json:
@@ -99,15 +102,16 @@ def weights_rows() -> list[dict]:
     one (``medzoo.load`` looks in that order)."""
     from . import store, zoo
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     good, broken = store.scan_local()
     variants = variant_texts(good)
     for ckpt in good:
         lin = ckpt.lineage
-        value = lin.last.best_value if lin.last else None
+        last = lin.last
+        value = last.best_value if last else None
         rows.append({"name": ckpt.name, "arch": lin.arch,
                      "chain": " > ".join(lin.public_chain()), "task": lin.task,
-                     "best": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else "-",
+                     "best": f"{last.best.get('metric')} {value:.4f}" if last and value is not None else "-",
                      "variant": variants.get(ckpt.name, ""), "where": str(ckpt.path)})
     for path, why in broken:
         rows.append({"name": path.name, "arch": None, "chain": "BROKEN (see `broken`)", "task": "-", "best": "-",
@@ -250,7 +254,8 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
     """Train ARCH through a chain of stages, one checkpoint per stage."""
     import os
 
-    from .trainer import Runtime, train as run_chain
+    from .trainer import Runtime
+    from .trainer import train as run_chain
 
     if trust_upstream:  # read by the weight source plugin, like --data-root's MEDZOO_DATA
         os.environ["MEDZOO_TRUST_UPSTREAM"] = "1"
@@ -298,11 +303,11 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
                      target_sensitivity=target_sensitivity, target_specificity=target_specificity,
                      store_threshold=store_threshold)
     if as_json:
-        from .evaluation import _json_safe
+        from .evaluation import json_safe
 
-        click.echo(json.dumps(_json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
-                                          "metrics": result.metrics, "out": str(result.out_dir),
-                                          "operating_point": result.details.get("operating_point")}), indent=2))
+        click.echo(json.dumps(json_safe({"dataset": result.dataset, "split": result.split, "n_images": result.n,
+                                         "metrics": result.metrics, "out": str(result.out_dir),
+                                         "operating_point": result.details.get("operating_point")}), indent=2))
 
 
 @cli.command()
@@ -330,7 +335,8 @@ def errors(name, dataset, split, right, data_roots, device, out, saliency):
 @click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the grid's 'seeds').")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (default: runs/<grid name>).")
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the grid's runtime, else the best available).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), help="Default: the grid's, else auto.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="Default: the grid's, else auto.")
 @click.option("--workers", "num_workers", callback=_workers_option, metavar="N|auto",
               help="DataLoader worker processes or auto (default: the grid's, else auto).")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)

@@ -13,16 +13,19 @@ import numbers
 import os
 import random
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import identity
 from .registry import FIRST_PARTY, MedzooError, registry
+from .resize import FitConfig, apply_steps, fit_pair
 
 log = logging.getLogger("medzoo.data")
 
@@ -77,21 +80,22 @@ class DataSource:
     def split(self, name: str) -> list[Record]:
         return [r for r in self.records if r.split == name]
 
-    def prepare(self, record: Record, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+    def prepare(self, record: Record, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray | None]:
         """The deterministic preprocessing of one record for the cache (``medzoo.cache.PreprocessConfig``):
         its named steps and CLAHE (``domain_steps``), then image (and mask) fitted to ``cfg.size``.
         ``medzoo predict`` runs new files through this same method."""
-        from .cache import fit_pair
-
         mask = self.read_mask(record) if self.task == "segmentation" else None
         img, mask = self.domain_steps(self.read(record), mask, cfg)
         return fit_pair(img, mask, cfg, channels=self.meta.get("channels"), pad_mask=self.ignore_index or 0)
 
     def domain_steps(self, img: np.ndarray, mask: np.ndarray | None, cfg) -> tuple[np.ndarray, np.ndarray | None]:
         """The config's named steps (registered by plugins: breast masking, canonical side, CLAHE) in order."""
-        from .cache import apply_steps
-
         return apply_steps(img, mask, cfg)
+
+    def in_memory(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """``(images, masks)`` when the pixels are arrays already in memory (hashed whole for the identity,
+        instead of read image by image); None otherwise."""
+        return None
 
     def files(self, record: Record) -> Sequence[str | Path]:
         """The files ``record``'s pixels (and mask) are read from; by default ``record.files``."""
@@ -101,8 +105,6 @@ class DataSource:
         """sha256 of what the data *is*: records (ids, labels, splits, patients), classes, rows left out by
         --skip-bad and the content of every declared file — not where it lives. Files are hashed once per
         source (and, across runs, only when their size, mtime or inode changed)."""
-        from . import identity
-
         if self._content is None:
             self._content = identity.content(self)
         return identity.fingerprint(self, self._content)
@@ -111,8 +113,6 @@ class DataSource:
         """Re-hash every declared file whatever its cached stat says; returns the files whose bytes
         changed under an unchanged size and mtime (the next fingerprint, here and in later runs, uses the
         new digests)."""
-        from . import identity
-
         changed: list[str] = []
         self._content = identity.content(self, verify=True, changed=changed)
         return changed
@@ -137,6 +137,12 @@ class ArraySource(DataSource):
             self._images, self._masks = self._draw()
             self._draw = None
         return self._images, self._masks
+
+    def in_memory(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        # a source drawn on first read is identified by what it declares (``generated``), not drawn for it
+        if self._draw is not None or not isinstance(self._images, np.ndarray):
+            return None
+        return self._images, self._masks if isinstance(self._masks, np.ndarray) else None
 
     @property
     def images(self):
@@ -287,7 +293,7 @@ def assign_splits(records: list[Record], fractions: tuple[float, float, float] =
         r.split = which[r.patient or f"image:{r.id}"]
 
 
-def carve_val_split(source: "DataSource") -> None:
+def carve_val_split(source: DataSource) -> None:
     """A validation set for a dataset that has none: 15% of training, by patient, the same for every seed
     (the trainer picks best epochs on it; evaluation of --split val scores the same images)."""
     assign_splits(source.records, (0.85, 0.15, 0.0), seed=0, only=["train"])
@@ -331,7 +337,7 @@ def check_labels(source: DataSource, name: str) -> None:
         if source.task == "classification":
             if not isinstance(r.label, numbers.Integral) or isinstance(r.label, bool):
                 raise MedzooError(f"dataset '{name}': record '{r.id}' has label {r.label!r}, not a class index; {fix}")
-            if not 0 <= r.label < n:
+            if not 0 <= int(r.label) < n:
                 raise MedzooError(f"dataset '{name}': record '{r.id}' has label {r.label}, outside 0..{n - 1} "
                                   f"for its {n} classes; {fix}")
         elif source.task == "multilabel":
@@ -358,13 +364,11 @@ def check_trainable(source: DataSource, name: str) -> None:
                           "images of another class, or check the labels")
 
 
-def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any = None,
-                 skip_bad: bool = False, trainable: bool = False) -> DataSource:
-    """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it.
+def open_dataset(name: str, root: str | Path | None = None, *, skip_bad: bool = False,
+                 trainable: bool = False) -> DataSource:
+    """Open a registered dataset by name (``chest_xray``, ``imagefolder:/data/x``) and validate it; its raw
+    images (``medzoo.cache.open_dataset`` takes ``preprocess=`` too and returns a cached source).
 
-    ``preprocess``: None reads the raw images; a ``medzoo.cache.PreprocessConfig`` (or a dict of its
-    fields, or True for the dataset's recipe ``preprocess``) returns a :class:`medzoo.cache.CachedSource`
-    whose images were preprocessed once into a memory-mapped cache under ``$MEDZOO_HOME/cache``.
     ``skip_bad``: leave out bad rows and files instead of failing (listed in ``source.meta['skipped']``).
     ``trainable``: also refuse a classification dataset with one class (:func:`check_trainable`), before caching.
     """
@@ -386,15 +390,7 @@ def open_dataset(name: str, root: str | Path | None = None, *, preprocess: Any =
     check_leakage(source.records, name)
     if trainable:
         check_trainable(source, name)
-    if preprocess is None or preprocess is False:
-        return source
-    from .cache import CachedSource, PreprocessConfig
-
-    if preprocess is True:
-        preprocess = ref.spec.recipe.get("preprocess", {})
-    cfg = preprocess if isinstance(preprocess, PreprocessConfig) else PreprocessConfig.from_dict(preprocess)
-    with skipping_bad(skip_bad):
-        return CachedSource(source, cfg)
+    return source
 
 
 # -- tensors ------------------------------------------------------------------------------------

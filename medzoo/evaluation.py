@@ -14,9 +14,9 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, data as mzdata, store
+from . import cache as mzcache
+from . import data as mzdata
+from . import store
+from ._version import __version__
+from .metrics import bootstrap
 from .registry import MedzooError
 
 # How multi-class and multi-label results are averaged: written into every metrics.json and the docs.
@@ -79,7 +83,8 @@ class Evaluation:
 
 # -- metrics ------------------------------------------------------------------------------------
 
-def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str]) -> tuple[dict, dict]:
+def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str,
+                          classes: list[str]) -> tuple[dict, dict]:
     """Scalar metrics and details (confusion matrix, per-class values) from probabilities and truth."""
     import torchmetrics.functional.classification as F
 
@@ -87,9 +92,11 @@ def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, 
     if task == "multilabel":
         target = target.long()
         kw: dict[str, Any] = {"num_labels": n, "validate_args": False}
-        fns = {"precision": F.multilabel_precision, "recall": F.multilabel_recall,
-               "specificity": F.multilabel_specificity, "f1": F.multilabel_f1_score}
-        scalars = {k: fn(probs, target, average="macro", **kw) for k, fn in fns.items()}
+        fns: dict[str, Callable[..., torch.Tensor]] = {
+            "precision": F.multilabel_precision, "recall": F.multilabel_recall,
+            "specificity": F.multilabel_specificity, "f1": F.multilabel_f1_score}
+        scalars: dict[str, torch.Tensor | float] = {k: fn(probs, target, average="macro", **kw)
+                                                    for k, fn in fns.items()}
         per = {k: fn(probs, target, average=None, **kw) for k, fn in fns.items()}
         scalars["accuracy"] = F.multilabel_accuracy(probs, target, average="macro", **kw)
         auc_ok = [c for c in range(n) if 0 < int(target[:, c].sum()) < len(target)]
@@ -129,7 +136,8 @@ def classification_report(probs: torch.Tensor, target: torch.Tensor, task: str, 
         onehot = torch.nn.functional.one_hot(target, n).double()
     scalars["rmse"] = torch.sqrt(((probs - onehot) ** 2).mean())
     metrics = {k: _num(v) for k, v in scalars.items()}
-    details: dict[str, Any] = {"confusion_matrix": cm.tolist(), "support": {c: int(s) for c, s in zip(classes, support)}}
+    details: dict[str, Any] = {"confusion_matrix": cm.tolist(),
+                               "support": {c: int(s) for c, s in zip(classes, support)}}
     if per:
         per["auc"] = per_auc
         details["per_class"] = {c: {k: _num(v[i]) for k, v in per.items()} for i, c in enumerate(classes)}
@@ -146,15 +154,21 @@ def auc_of(probs: torch.Tensor, target: torch.Tensor, task: str, num: int) -> fl
 
     if task == "multilabel":
         ok = [c for c in range(num) if 0 < int(target[:, c].sum()) < len(target)]
-        return float(F.multilabel_auroc(probs, target.long(), num, average=None, validate_args=False)[ok].mean()) if ok else math.nan
+        if not ok:
+            return math.nan
+        return float(F.multilabel_auroc(probs, target.long(), num, average=None, validate_args=False)[ok].mean())
     if num == 2:
-        return float(F.binary_auroc(probs[:, 1], target, validate_args=False)) if target.unique().numel() == 2 else math.nan
+        if target.unique().numel() != 2:
+            return math.nan
+        return float(F.binary_auroc(probs[:, 1], target, validate_args=False))
     counts = torch.bincount(target, minlength=num)
     ok = [c for c in range(num) if 0 < int(counts[c]) < len(target)]
-    return float(F.multiclass_auroc(probs, target, num, average=None, validate_args=False)[ok].mean()) if ok else math.nan
+    if not ok:
+        return math.nan
+    return float(F.multiclass_auroc(probs, target, num, average=None, validate_args=False)[ok].mean())
 
 
-def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, groups: list[str] | None = None,
+def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, groups: list[str | None] | None = None,
                      resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
     """Percentile bootstrap confidence interval of the AUC (``bootstrap`` below)."""
     num = probs.shape[1]
@@ -167,55 +181,10 @@ def bootstrap_auc_ci(probs: torch.Tensor, target: torch.Tensor, task: str, *, gr
     return {"low": low, "high": high, **out}
 
 
-def bootstrap(stat, probs: torch.Tensor, target: torch.Tensor, *, groups: list[str] | None = None,
-              resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Percentile bootstrap intervals of the figures ``stat(probs, target) -> {name: value}`` returns.
-
-    Resamples *patients* with replacement when ``groups`` (patient ids) are given — two views of one
-    patient are not independent evidence — else images. A resample in which no figure is defined (NaN:
-    e.g. a class present in the data has no positives or no negatives) is drawn again, up to 10×
-    ``resamples`` draws in all; each figure's interval is taken over the resamples that define it.
-    Returns ``{"ci": {name: (low, high)}, "resamples", "seed", "level", "unit"}``.
-    """
-    target = target.long()
-    rng = np.random.default_rng(seed)
-    keys = groups if groups is not None and all(groups) else None
-    if keys is not None:
-        members: dict[str, list[int]] = {}
-        for i, g in enumerate(keys):
-            members.setdefault(g, []).append(i)
-        clusters = [np.asarray(v) for v in members.values()]
-    else:
-        clusters = [np.asarray([i]) for i in range(len(target))]
-    values: dict[str, list[float]] = {}
-    kept, draws = 0, 0
-    threads = torch.get_num_threads()
-    # each resample is a few tiny tensors: handing them to the intra-op thread pool costs more than the work
-    # (torchmetrics' ECE went from 0.25 ms to 7 ms per call with 2 threads on a busy 2-core machine)
-    torch.set_num_threads(1)
-    try:
-        while kept < resamples and draws < 10 * resamples:
-            draws += 1
-            pick = rng.integers(0, len(clusters), len(clusters))
-            idx = torch.from_numpy(np.concatenate([clusters[j] for j in pick]))
-            figures = stat(probs[idx], target[idx])
-            if all(math.isnan(v) for v in figures.values()):
-                continue
-            kept += 1
-            for k, v in figures.items():
-                if not math.isnan(v):
-                    values.setdefault(k, []).append(v)
-    finally:
-        torch.set_num_threads(threads)
-    tail = (1 - level) / 2 * 100
-    ci = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in values.items()}
-    return {"ci": ci, "resamples": kept, "seed": seed, "level": level,
-            "unit": "patient" if keys is not None else "image"}
-
-
 # -- running the model --------------------------------------------------------------------------
 
-def open_for(model, dataset: str | None, split: str, data_root: str | dict | None = None) -> tuple[mzdata.DataSource, str]:
+def open_for(model, dataset: str | None, split: str,
+             data_root: str | dict | None = None) -> tuple[mzdata.DataSource, str]:
     """The dataset a checkpoint is evaluated on, opened with its last stage's preprocessing; checks that
     the classes match the model's outputs and that the split has images. ``data_root``: a path, or
     ``{dataset: path}`` (the CLI's ``--data-root``)."""
@@ -230,7 +199,7 @@ def open_for(model, dataset: str | None, split: str, data_root: str | dict | Non
     recipe = last.recipe if last else {}
     # the model's input is what the last stage trained on: its preprocessing, whichever dataset is scored
     root = mzdata.root_for(data_root, dataset)
-    source = mzdata.open_dataset(dataset, root, preprocess=recipe.get("preprocess"))
+    source = mzcache.open_dataset(dataset, root, preprocess=recipe.get("preprocess"))
     task = lin.task
     if source.task != task:
         raise MedzooError(f"{model.medzoo_origin} is a {task} model but dataset '{dataset}' is {source.task}; "
@@ -302,10 +271,10 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     checkpoint that has none; a stored point is replaced only with ``store_threshold``.
     """
     from . import operating
-    from .stage import _device
+    from .devices import pick_device
     from .zoo import load
 
-    dev = _device(device)
+    dev = pick_device(device)
     if batch_size < 1 or bootstrap < 0:
         raise MedzooError("--batch-size must be ≥ 1 and --bootstrap ≥ 0")
     asked = operating.rule_of(target_sensitivity, target_specificity)
@@ -382,7 +351,8 @@ def evaluate(name: str, *, dataset: str | None = None, split: str = "test", data
     if result.operating_point is not None:
         print(f"[{result.name}] " + operating.summary(details["operating_point"]), flush=True)
     if write:
-        parent = Path(out) if out else (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
+        parent = Path(out) if out else (local.path / "eval" if local
+                                        else store.home() / "evaluations" / store.slug(str(name)))
         # a folder of its own (--out DIR's other files stay), bounded in length and path-free
         where = parent / f"{eval_folder(dataset, source)}-{split}"
         payload = {"checkpoint": result.name, "origin": model.medzoo_origin,
@@ -408,14 +378,14 @@ def eval_folder(dataset: str, source: mzdata.DataSource) -> str:
 HEADLINE = ("auc", "accuracy", "f1", "precision", "recall", "specificity", "rmse", "dice", "iou")
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN is not JSON: undefined values are written as null."""
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else obj
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -426,7 +396,7 @@ def _write(final: Path, payload: dict[str, Any], preds: Predictions | None) -> P
 
     tmp = store.new_tmp_dir(final.parent, final.name)
     try:
-        (tmp / "metrics.json").write_text(json.dumps(_json_safe(payload), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(payload), indent=2))
         title = f"{payload['checkpoint']}\n{payload['dataset']}/{payload['split']}"
         if preds is not None:
             (tmp / "predictions.csv").write_text(predictions_csv(preds))
@@ -436,13 +406,7 @@ def _write(final: Path, payload: dict[str, Any], preds: Predictions | None) -> P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.rename(final, old)
-    store.publish_dir(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    store.swap_dir(tmp, final)
     return final
 
 
@@ -459,7 +423,7 @@ def record(ckpt: store.Checkpoint, payload: dict[str, Any], out_dir: Path) -> No
     """Note the evaluation in the checkpoint's config.json (``medzoo.evaluations["<dataset>-<split>"]``): the
     model card reports it, ``medzoo publish`` ships it. The weights hash says which weights were scored."""
     fresh = store.read_checkpoint(ckpt.path)  # re-read: another evaluation may have been recorded since
-    fresh.lineage.evaluations[f"{payload['dataset']}-{payload['split']}"] = _json_safe({
+    fresh.lineage.evaluations[f"{payload['dataset']}-{payload['split']}"] = json_safe({
         k: payload[k] for k in ("dataset", "split", "n_images", "metrics", "averaging", "weights_sha256", "evaluated")
         if k in payload} | {"path": str(out_dir.relative_to(ckpt.path))})
     store.write_config(fresh.path, fresh.config, fresh.lineage)

@@ -12,17 +12,18 @@ skips them, which is how a killed grid resumes. ``medzoo.report`` turns the fold
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import recipe as mzrecipe, speed, store
+from . import recipe as mzrecipe
+from . import speed, store
+from .grid import Cell, Grid, Target, cell_path, read_cell
 from .registry import MedzooError, did_you_mean, registry
 
 GRID_KEYS = ("name", "description", "reference", "archs", "chains", "baseline", "targets", "seeds", "recipe",
@@ -46,49 +47,6 @@ def metric_fits(metric: str, task: str) -> bool:
 DEFAULT_METRICS = {"classification": ["auc", "accuracy", "f1", "precision", "recall", "specificity", "rmse"],
                    "multilabel": ["auc", "accuracy", "f1", "precision", "recall", "rmse"],
                    "segmentation": ["dice", "iou", "pixel_accuracy"]}
-
-
-@dataclass
-class Target:
-    label: str  # the report's name for it; two targets may fine-tune on one dataset with other settings
-    dataset: str
-    archs: list[str]
-    set: dict[str, Any] = field(default_factory=dict)  # recipe keys for the target stage only
-    metrics: list[str] = field(default_factory=list)
-    task: str = "classification"
-    own_metrics: bool = False  # metrics given in the target itself (else the grid's, or the task's defaults)
-
-
-@dataclass
-class Grid:
-    name: str
-    chains: dict[str, list[str]]  # chain name -> the stages before the target (a weight source first)
-    baseline: str
-    targets: list[Target]
-    seeds: list[int]
-    recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # section ('defaults' or a dataset) -> keys
-    description: str = ""
-    reference: str = ""
-    split: str = "test"
-    bootstrap: int = 1000
-    runtime: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Cell:
-    id: str
-    target: str
-    dataset: str
-    arch: str
-    chain: str
-    stages: list[str]
-    seed: int
-    overrides: dict[str, dict[str, Any]]
-
-    def spec_hash(self, grid: Grid) -> str:
-        blob = json.dumps({"arch": self.arch, "stages": self.stages, "seed": self.seed, "overrides": self.overrides,
-                           "split": grid.split, "bootstrap": grid.bootstrap}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # -- reading a grid -----------------------------------------------------------------------------
@@ -134,7 +92,8 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
         raise _fail(where, "must be a mapping with chains, targets, … (see docs/evaluation.md)")
     for key in doc:
         if key not in GRID_KEYS:
-            raise _fail(where, f"unknown key '{key}'{did_you_mean(str(key), list(GRID_KEYS))} (keys: {', '.join(GRID_KEYS)})")
+            raise _fail(where, f"unknown key '{key}'{did_you_mean(str(key), list(GRID_KEYS))} "
+                               f"(keys: {', '.join(GRID_KEYS)})")
     chains = doc.get("chains")
     if not isinstance(chains, dict) or not chains:
         raise _fail(where, "needs 'chains': a mapping of chain name -> stages before the target, e.g. "
@@ -147,8 +106,9 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
     default_archs = _names(doc["archs"], where, "archs") if "archs" in doc else None
     targets = _targets(doc.get("targets"), default_archs, doc.get("metrics"), where)
     grid = Grid(name=store.slug(str(doc.get("name") or path.stem)), chains=chains, baseline=baseline, targets=targets,
-                seeds=seeds or parse_seeds(doc.get("seeds", [0])), recipe=_recipe(doc.get("recipe"), where),
-                description=str(doc.get("description") or "").strip(), reference=str(doc.get("reference") or "").strip(),
+                seeds=seeds or parse_seeds(doc.get("seeds", [0])) or [0], recipe=_recipe(doc.get("recipe"), where),
+                description=str(doc.get("description") or "").strip(),
+                reference=str(doc.get("reference") or "").strip(),
                 split=str(doc.get("split", "test")), bootstrap=int(doc.get("bootstrap", 1000)),
                 runtime=dict(doc.get("runtime") or {}))
     if grid.split not in ("test", "val"):
@@ -163,7 +123,8 @@ def _targets(value: Any, default_archs: list[str] | None, metrics: Any, where: s
     if isinstance(value, list):
         value = {str(v): {} for v in value}
     if not isinstance(value, dict) or not value:
-        raise _fail(where, "needs 'targets': target datasets, as a list or a mapping label -> {dataset, archs, set, metrics}")
+        raise _fail(where, "needs 'targets': target datasets, as a list or a mapping "
+                           "label -> {dataset, archs, set, metrics}")
     out = []
     for label, spec in value.items():
         spec = spec or {}
@@ -171,7 +132,8 @@ def _targets(value: Any, default_archs: list[str] | None, metrics: Any, where: s
             raise _fail(where, f"target '{label}' must be a mapping of {', '.join(TARGET_KEYS)}")
         for key in spec:
             if key not in TARGET_KEYS:
-                raise _fail(where, f"target '{label}' has unknown key '{key}'{did_you_mean(str(key), list(TARGET_KEYS))}")
+                raise _fail(where, f"target '{label}' has unknown key "
+                                   f"'{key}'{did_you_mean(str(key), list(TARGET_KEYS))}")
         archs = _names(spec["archs"], where, f"targets.{label}.archs") if "archs" in spec else default_archs
         if not archs:
             raise _fail(where, f"target '{label}' has no architectures: give 'archs' at the top or in the target")
@@ -235,7 +197,8 @@ def _check_runtime(runtime: dict[str, Any], where: str) -> None:
             raise _fail(where, f"unknown runtime key '{key}'{did_you_mean(key, list(RUNTIME_KEYS))} "
                                f"(keys: {', '.join(RUNTIME_KEYS)})")
     hw = speed.Hardware()  # the values' validity does not depend on the machine
-    for key, check in (("num_workers", lambda v: speed.workers(v, hw)), ("precision", lambda v: speed.precision(v, hw))):
+    for key, check in (("num_workers", lambda v: speed.workers(v, hw)),
+                       ("precision", lambda v: speed.precision(v, hw))):
         if runtime.get(key) is not None:
             try:
                 check(runtime[key])
@@ -280,14 +243,15 @@ def plan(grid: Grid) -> list[str]:
                      + (f"  set {json.dumps(sets, default=str)}" if sets else ""))
     head = (f"grid '{grid.name}': {len(lines)} cells ({len(grid.targets)} targets × chains "
             f"{', '.join(grid.chains)} × seeds {', '.join(map(str, grid.seeds))}), at most {len(stages)} "
-            f"stages to train (a stage shared by cells trains once), baseline '{grid.baseline}', scored on the {grid.split} split")
+            f"stages to train (a stage shared by cells trains once), baseline '{grid.baseline}', "
+            f"scored on the {grid.split} split")
     return [head, *lines]
 
 
 def _datasets(stages: list[str]) -> list[str]:
-    from .trainer import _split_source
+    from .trainer import split_source
 
-    return _split_source(stages)[1]
+    return split_source(stages)[1]
 
 
 def cells(grid: Grid, targets: list[Target] | None = None) -> list[Cell]:
@@ -309,19 +273,6 @@ def cells(grid: Grid, targets: list[Target] | None = None) -> list[Cell]:
 
 
 # -- running ------------------------------------------------------------------------------------
-
-def cell_path(out: Path, cell_id: str) -> Path:
-    return out / "cells" / f"{cell_id}.json"
-
-
-def read_cell(out: Path, cell: Cell, grid: Grid) -> dict[str, Any] | None:
-    """The stored result of a cell if it finished with the cell's current spec; else None (run it)."""
-    try:
-        rec = json.loads(cell_path(out, cell.id).read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if rec.get("spec_hash") == cell.spec_hash(grid) else None
-
 
 def grid_json(grid: Grid) -> dict[str, Any]:
     return {"grid": asdict(grid), "cells": [asdict(c) for c in cells(grid)]}
@@ -358,7 +309,8 @@ def run_grid(path: str | Path, *, seeds: list[int] | None = None, out: str | Pat
                                              tracking_uri=runtime.get("tracking_uri")))
     say = tqdm.write
     if done:
-        say(f"[{grid.name}] {len(done)} of {len(todo)} cells already finished in {out}; running the other {len(pending)}")
+        say(f"[{grid.name}] {len(done)} of {len(todo)} cells already finished in {out}; "
+            f"running the other {len(pending)}")
     failed = 0
     bar = tqdm(total=len(todo), initial=len(done), unit="cell", desc=grid.name, dynamic_ncols=True)
     for cell in pending:
@@ -377,7 +329,7 @@ def run_grid(path: str | Path, *, seeds: list[int] | None = None, out: str | Pat
 
 
 def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runtime: dict[str, Any]) -> dict[str, Any]:
-    from .evaluation import _json_safe, evaluate
+    from .evaluation import evaluate, json_safe
     from .trainer import Runtime, train
 
     started = time.time()
@@ -398,7 +350,7 @@ def run_cell(cell: Cell, grid: Grid, out: Path, data_roots: dict[str, str], runt
         rec.update(status="failed", error=f"{type(exc).__name__}: {message}"[:500])
         store.atomic_write(out / "logs" / f"{cell.id}.log", traceback.format_exc())
     rec["seconds"] = round(time.time() - started, 1)
-    store.atomic_write(cell_path(out, cell.id), json.dumps(_json_safe(rec), indent=2, default=str))
+    store.atomic_write(cell_path(out, cell.id), json.dumps(json_safe(rec), indent=2, default=str))
     return rec
 
 

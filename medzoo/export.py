@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as mzdata, store
+from . import data as mzdata
+from . import store
 from .registry import MedzooError
 
 

@@ -43,7 +43,7 @@ def _png(img: np.ndarray) -> str:
     im.thumbnail((THUMB, THUMB))
     if max(im.size) < THUMB // 2:  # tiny inputs (32 px) are enlarged without smoothing, to stay readable
         k = THUMB // 2 // max(im.size)
-        im = im.resize((im.size[0] * k, im.size[1] * k), Image.NEAREST)
+        im = im.resize((im.size[0] * k, im.size[1] * k), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
@@ -69,8 +69,8 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     extra is installed (else one warning), True = required, False = never."""
     from . import saliency as sal
     from .cache import CachedSource
+    from .devices import pick_device
     from .evaluation import eval_dataset, eval_folder, open_for, predict
-    from .stage import _device
     from .zoo import load, transform_config
 
     if right < 0:
@@ -82,7 +82,7 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
             warnings.warn(sal.missing_warning(), stacklevel=2)
     elif saliency:
         sal.require()  # fails here, before the predictions, when the extra is missing
-    dev = _device(device)
+    dev = pick_device(device)
     model = load(name, device=dev)
     task = model.medzoo_lineage.task
     if task != "classification":
@@ -128,7 +128,8 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     lin = model.medzoo_lineage
     title = f"{lin.name or name}: {store.public_dataset(dataset)}/{split}"
     body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>{len(wrong)} of {len(predicted)} images misclassified (accuracy {1 - len(wrong) / len(predicted):.3f}). "
+            f"<p>{len(wrong)} of {len(predicted)} images misclassified "
+            f"(accuracy {1 - len(wrong) / len(predicted):.3f}). "
             f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "
             f"tensor, de-normalised.{SALIENCY_NOTE if saliency else ''} "
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by medzoo errors.</p>",

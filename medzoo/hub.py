@@ -11,7 +11,6 @@ medzoo never reads the token itself, so it cannot write it anywhere.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from . import cards, licenses, store, weights
 from .hublayout import MEDZOO_JSON, layout_of
-from .registry import MedzooError
+from .registry import MedzooError, registry
 
 FILES = (store.WEIGHTS, store.CONFIG, "README.md", MEDZOO_JSON)
 DRY_RUN_MARKER = ".medzoo-dry-run"  # marks a folder a dry run wrote, the only non-empty kind it replaces
@@ -41,13 +40,13 @@ class PublishResult:
 
 def layout(ckpt: store.Checkpoint) -> str:
     """The name of the Hub layout a checkpoint is published in (its architecture's ``ArchSpec.hub_layout``)."""
-    return layout_of(ckpt.lineage.arch).name
+    return layout_of(registry().resolve("archs", ckpt.lineage.arch).spec).name
 
 
 def _plain_code(ckpt: store.Checkpoint, repo_id: str) -> str:
     lin = ckpt.lineage
-    return layout_of(lin.arch).plain_code(repo_id, num_classes=ckpt.num_classes, in_chans=lin.in_chans,
-                                          image_size=lin.image_size)
+    layout = layout_of(registry().resolve("archs", lin.arch).spec)
+    return layout.plain_code(repo_id, num_classes=ckpt.num_classes, in_chans=lin.in_chans, image_size=lin.image_size)
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -102,7 +101,7 @@ def write_folder(ckpt: store.Checkpoint, dest: Path, *, repo_id: str | None, met
     if license:  # the publisher's licence is the one config.json names too (timm reads pretrained_cfg.license)
         full["pretrained_cfg"] = {**(full.get("pretrained_cfg") or {}), "license": license}
     config = json.dumps(full, indent=2, default=str)
-    hub_layout = layout_of(ckpt.lineage.arch)
+    hub_layout = layout_of(registry().resolve("archs", ckpt.lineage.arch).spec)
     if hub_layout.write is not None:
         from . import zoo
 
@@ -124,10 +123,11 @@ def catalogue_entry(ckpt: store.Checkpoint, repo_id: str, commit: str | None, me
                     license: str | None = None) -> dict[str, Any]:
     """What to add to a catalogue file so that ``medzoo.load(NAME)`` finds the published weights."""
     lin = ckpt.lineage
-    value = lin.last.best_value if lin.last else None
+    last = lin.last
+    value = last.best_value if last else None
     return {"repo_id": repo_id, "revision": commit or "main", "weights_sha256": lin.weights_sha256,
             "arch": lin.arch, "chain": " > ".join(lin.public_chain()), "task": lin.task,
-            "metric": f"{lin.last.best.get('metric')} {value:.4f}" if value is not None else None,
+            "metric": f"{last.best.get('metric')} {value:.4f}" if last and value is not None else None,
             "license": cards.card_license(ckpt, license)}
 
 
@@ -164,18 +164,12 @@ def dry_run(name: str, out: str | Path | None = None, *, repo_id: str | None = N
     _dry_run_target(final, ckpt)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.new_tmp_dir(final.parent, final.name)
-    old = None
     try:
         files = write_folder(ckpt, tmp, repo_id=repo_id, metrics=metrics, license=license)
         (tmp / DRY_RUN_MARKER).write_text(json.dumps({"checkpoint": name, "repo_id": repo_id}) + "\n")
-        if final.exists():  # an earlier dry run (checked above): swapped out, never half-replaced
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.rename(final, old)
-        store.publish_dir(tmp, final)
+        store.swap_dir(tmp, final)  # an earlier dry run there (checked above) is replaced, never half-replaced
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return PublishResult(repo_id or "", "", None, None, final, files,
                          catalogue_entry(ckpt, repo_id or f"<org>/{name}", None, metrics, license), layout(ckpt),
                          _plain_code(ckpt, repo_id or f"<org>/{name}"))
@@ -210,6 +204,8 @@ def publish(name: str, repo_id: str, *, private: bool = False, revision: str | N
 def _hub(fn, doing: str, repo_id: str):
     from huggingface_hub.errors import HfHubHTTPError
 
+    # connection lost, bad endpoint, local token problems
+    transport: tuple[type[BaseException], ...] = (OSError, ValueError, *_transport_errors())
     try:
         return fn()
     except HfHubHTTPError as exc:
@@ -218,7 +214,7 @@ def _hub(fn, doing: str, repo_id: str):
                 else "retry later")
         raise MedzooError(f"{doing} '{repo_id}' failed (HTTP {status}: {_short(exc)}); the local checkpoint is "
                           f"unchanged; {hint}") from None
-    except (OSError, ValueError, *_transport_errors()) as exc:  # connection lost, bad endpoint, local token problems
+    except transport as exc:
         raise MedzooError(f"{doing} '{repo_id}' failed ({type(exc).__name__}: {_short(exc)}); the local "
                           "checkpoint is unchanged; check HF_ENDPOINT and your connection") from None
 
@@ -227,13 +223,13 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     # connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x): not OSErrors
     import importlib
 
-    errors = []
+    errors: list[type[BaseException]] = []
     for module in ("httpx2", "httpx", "requests"):
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
-        errors.append(getattr(mod, "RequestException", None) or getattr(mod, "HTTPError"))
+        errors.append(getattr(mod, "RequestException", None) or mod.HTTPError)
     return tuple(errors)
 
 

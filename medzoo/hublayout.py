@@ -8,9 +8,10 @@ the default: such a model loads with ``medzoo.load`` only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MEDZOO_JSON = "medzoo.json"  # medzoo's config when the library writes config.json itself
 
@@ -53,19 +54,16 @@ class HubLayout:
 MEDZOO_LAYOUT = HubLayout(name="medzoo")
 
 
-def layout_of(arch: str) -> HubLayout:
-    """The layout the registered architecture ``arch`` publishes in (refuses an unknown architecture: a
-    checkpoint is never published or carded on a guess about its library)."""
-    from .registry import registry
-
-    return registry().resolve("archs", arch).spec.hub_layout or MEDZOO_LAYOUT
+def layout_of(spec: Any) -> HubLayout:
+    """The layout an ``ArchSpec`` publishes in (callers resolve the architecture in the registry first, so an
+    unknown one is refused: a checkpoint is never published or carded on a guess about its library)."""
+    return spec.hub_layout or MEDZOO_LAYOUT
 
 
-def foreign_hint(config: dict[str, Any], repo_id: str) -> str:
-    """For a ``config.json`` without medzoo's lineage: how the library that wrote it loads it ('' if unknown)."""
-    from .registry import registry
-
-    for spec in registry().list("archs"):
+def foreign_hint(config: dict[str, Any], repo_id: str, specs: Any) -> str:
+    """For a ``config.json`` without medzoo's lineage: how the library that wrote it loads it ('' if unknown);
+    ``specs``: the registered ``ArchSpec``s whose layouts may recognise it."""
+    for spec in specs:
         layout = spec.hub_layout
         if layout is not None and layout.recognise is not None and layout.recognise(config):
             code = layout.plain_code(repo_id, num_classes=0, in_chans=3, image_size=None)

@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .store import public_dataset
+from .naming import public_dataset
 
 if TYPE_CHECKING:
     from .data import DataSource
@@ -125,16 +126,15 @@ def file_digests(paths: Iterable[str | Path], *, verify: bool = False,
     return out
 
 
-def _pixel_digest(source: "DataSource") -> str:
+def _pixel_digest(source: DataSource) -> str:
     """The pixels (and masks) of every record: correct for any source, but it reads every image."""
-    from .data import ArraySource
-
     h = hashlib.blake2b(digest_size=16)
-    if isinstance(source, ArraySource) and source._draw is None and isinstance(source._images, np.ndarray):
-        # in-memory arrays are the data: hashing them whole is cheap and needs no declaration
-        h.update(np.ascontiguousarray(source._images).tobytes())
-        if isinstance(source._masks, np.ndarray):
-            h.update(np.ascontiguousarray(source._masks).tobytes())
+    arrays = source.in_memory()
+    if arrays is not None:  # in-memory arrays are the data: hashing them whole is cheap and needs no declaration
+        images, masks = arrays
+        h.update(np.ascontiguousarray(images).tobytes())
+        if masks is not None:
+            h.update(np.ascontiguousarray(masks).tobytes())
         return h.hexdigest()
     log.warning("dataset '%s' declares no files: medzoo identified it by reading all %d images' pixels (slow); "
                 "declare Record.files (or DataSource.source_files, or DataSource.generated) in its plugin, "
@@ -148,7 +148,7 @@ def _pixel_digest(source: "DataSource") -> str:
     return h.hexdigest()
 
 
-def content(source: "DataSource", *, verify: bool = False, changed: list[str] | None = None) -> dict:
+def content(source: DataSource, *, verify: bool = False, changed: list[str] | None = None) -> dict:
     """What the records' pixels come from: per record the digests of its files ('+'-joined), the
     source-level files' digests, a generator's declaration, or (nothing declared) a digest of the pixels."""
     gc_was_on = gc.isenabled()
@@ -156,9 +156,9 @@ def content(source: "DataSource", *, verify: bool = False, changed: list[str] | 
     try:
         per_record = [(r.id, source.files(r)) for r in source.records]
         shared = [os.fspath(p) for p in source.source_files]
-        paths = [p for _, ps in per_record for p in ps]
+        paths: list[str | Path] = [p for _, ps in per_record for p in ps]
         if paths or shared:
-            digests = file_digests(paths + shared, verify=verify, changed=changed)
+            digests = file_digests([*paths, *shared], verify=verify, changed=changed)
             return {"records": {rid: "+".join(digests[os.fspath(p)] for p in ps) for rid, ps in per_record},
                     # by file name, not path: where the data lives is not part of what it is
                     "shared": sorted([os.path.basename(p), digests[p]] for p in shared)}
@@ -170,7 +170,7 @@ def content(source: "DataSource", *, verify: bool = False, changed: list[str] | 
     return {"pixels": _pixel_digest(source)}
 
 
-def fingerprint(source: "DataSource", files: dict) -> str:
+def fingerprint(source: DataSource, files: dict) -> str:
     """sha256 of the records (ids, labels, splits, patients), the classes, the options that changed the
     data (rows and files left out by --skip-bad) and the files' content."""
     per = files.get("records", {})
@@ -190,7 +190,7 @@ def fingerprint(source: "DataSource", files: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def pixels_key(source: "DataSource") -> str:
+def pixels_key(source: DataSource) -> str:
     """The identity of the pixels alone (record ids and file content, not labels or splits): what a store
     of per-image hashes is keyed by, so re-splitting or relabelling the same images reuses it."""
     if source._content is None:

@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,12 +171,12 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
     image's map for its predicted class there (``medzoo.saliency.write_maps``: ``<stem>_saliency.png`` over the
     model's input as it saw it; ``saliency_method`` ``gradcam`` or ``scorecam``; the ``saliency`` extra).
     """
-    from .stage import _device
+    from .devices import pick_device
     from .zoo import load, transforms_for
 
     if batch_size < 1:
         raise MedzooError("--batch-size must be ≥ 1")
-    dev = _device(device)
+    dev = pick_device(device)
     model = load(model_or_name, device=dev) if isinstance(model_or_name, (str, os.PathLike)) else model_or_name
     if not hasattr(model, "medzoo_lineage"):
         raise MedzooError("predict needs a model from medzoo.load (it reads the preprocessing from its lineage)")
@@ -218,7 +219,7 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
                        checkpoint=lin.name or str(model_or_name))
 
 
-def _check_saliency(model, source: "FilesSource", method: str) -> None:
+def _check_saliency(model, source: FilesSource, method: str) -> None:
     """Refuse, before anything runs, what would fail half-way: no library, a segmentation model, a bad method,
     or two inputs whose maps would share a file name."""
     from . import saliency
@@ -333,21 +334,21 @@ def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "prediction
     try:
         preds = predict(model, paths, batch_size=batch_size, skip_bad=skip_bad, root=root, mask_dir=tmp_masks,
                         saliency_dir=tmp_sal, saliency_method=saliency_method)
-        if tmp_sal is not None:
+        if tmp_sal is not None and sal_final is not None:
             clash = sorted(f.name for f in tmp_sal.iterdir() if (sal_final / f.name).exists())
             if clash and not overwrite:
                 raise MedzooError(f"{sal_final / clash[0]} exists ({len(clash)} map(s) would be replaced); pick "
                                   "another --saliency folder, or pass --overwrite")
-        if tmp_masks is not None:  # rows name the final folder, where the masks are moved next
+        if tmp_masks is not None and mask_final is not None:  # rows name the final folder, where masks go next
             for row in preds:
                 row["mask"] = str(mask_final / Path(row["mask"]).name)
         text = to_csv(preds)
-        if tmp_masks is not None:
+        if tmp_masks is not None and mask_final is not None:
             if mask_final.exists():
                 shutil.rmtree(mask_final)  # ours, checked above: the previous run's masks
             os.rename(tmp_masks, mask_final)
             tmp_masks = None
-        if tmp_sal is not None:
+        if tmp_sal is not None and sal_final is not None:
             sal_final.mkdir(parents=True, exist_ok=True)
             for f in sorted(tmp_sal.iterdir()):
                 os.replace(f, sal_final / f.name)
@@ -379,9 +380,9 @@ def _op_summary(model) -> dict[str, Any] | None:
 
 
 def _dev(device):
-    from .stage import _device
+    from .devices import pick_device
 
-    return _device(device)
+    return pick_device(device)
 
 
 def _our_masks(out: Path, folder: Path) -> bool:

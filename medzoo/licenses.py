@@ -15,6 +15,7 @@ order (least to most restrictive):
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # the ids the Hugging Face Hub accepts in a model card's ``license:`` that medzoo can rank
 HF_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc0-1.0", "pddl", "odbl", "cc-by-2.0", "cc-by-3.0",
@@ -76,7 +77,7 @@ def rank(text: str | None) -> int:
     return 0 if hf in ("cc0-1.0", "pddl") else 1
 
 
-def most_restrictive(licenses: list[str | None]) -> str:
+def most_restrictive(licenses: Sequence[str | None]) -> str:
     """The licence id a model trained under all of ``licenses`` inherits; 'unknown' when there are none."""
     ids = [license_id(x) for x in licenses]
     if not ids:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import licenses
+from .naming import public_dataset, public_source
 from .registry import MedzooError
 
 SCHEMA = 2
@@ -72,7 +73,7 @@ class SourceRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "SourceRecord":
+    def from_dict(cls, d: Any, where: str) -> SourceRecord:
         if d is None:
             return cls(name="?")
         if not isinstance(d, dict):
@@ -124,7 +125,7 @@ class StageRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str, i: int) -> "StageRecord":
+    def from_dict(cls, d: Any, where: str, i: int) -> StageRecord:
         if not isinstance(d, dict):
             raise _broken(where, f"stage {i} is {d!r}, not an object")
         known, extra = _split(cls, d)
@@ -165,7 +166,7 @@ class Lineage:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "Lineage":
+    def from_dict(cls, d: Any, where: str) -> Lineage:
         """Read ``config.json["medzoo"]``; one clear line for a broken or newer lineage."""
         if not isinstance(d, dict):
             raise _broken(where, f"it is {type(d).__name__} {str(d)[:40]!r}, not an object")
@@ -211,8 +212,6 @@ class Lineage:
     def public_chain(self) -> list[str]:
         """The chain as cards, listings and catalogues show it: no local path (``file:`` weights by file name,
         path-given datasets by folder name), hf-hub: and url: sources whole."""
-        from .store import public_dataset, public_source
-
         return [public_source(self.source.name)] + [public_dataset(s.dataset) for s in self.stages]
 
     def license(self) -> str:
@@ -221,7 +220,7 @@ class Lineage:
         return licenses.most_restrictive([s.license for s in self.stages]
                                          + ([self.source.license] if self.source.license else []))
 
-    def prefix(self) -> "Lineage":
+    def prefix(self) -> Lineage:
         """The part a child stage carries forward (source and stages), as a fresh object."""
         return Lineage(arch=self.arch, source=SourceRecord.from_dict(self.source.to_dict(), "parent"),
                        stages=[StageRecord.from_dict(s.to_dict(), "parent", i) for i, s in enumerate(self.stages)])

@@ -92,6 +92,8 @@ def choose(p: torch.Tensor, t: torch.Tensor, rule: str, target: float | None) ->
         fpr, tpr, thr = F.binary_roc(p, t, validate_args=False)
         j = tpr - fpr
         return float(thr[int(torch.argmax(j))])  # the first (highest) threshold of the best J
+    if target is None:
+        raise MedzooError(f"the '{rule}' rule needs a target level, e.g. 0.9")
     fn = F.binary_specificity_at_sensitivity if rule == "sensitivity" else F.binary_sensitivity_at_specificity
     return float(fn(p, t, float(target), validate_args=False)[1])
 
@@ -239,7 +241,7 @@ def choose_point(probs: torch.Tensor, target: torch.Tensor, task: str, classes: 
                                   f"be chosen on it; evaluate on a dataset whose {split} split has both")
             continue
         figs = figures_at(p, t, th)
-        if rule != "youden" and figs[rule] < level:
+        if rule != "youden" and level is not None and figs[rule] < level:
             raise MedzooError(f"no threshold reaches {rule} {level:g} for '{c}' on the {split} split of {dataset} "
                               f"(best {figs[rule]:.3f}); lower the target")
         # undefined figures (no calls, so no PPV) are None, as config.json keeps them
@@ -264,10 +266,11 @@ def _figures_free(probs, target, kind, classes) -> dict[str, float]:
 
 
 def calibration_report(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str], *,
-                       groups: list[str] | None, resamples: int, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+                       groups: list[str | None] | None, resamples: int,
+                       seed: int) -> tuple[dict[str, float], dict[str, Any]]:
     """Sensitivity at 90/95% specificity, specificity at 90/95% sensitivity and ECE, each with a bootstrap
     interval (by patient when there are patient ids): scalars for metrics.json, per class for details."""
-    from .evaluation import bootstrap
+    from .metrics import bootstrap
 
     kind = kind_of(task, classes)
     point = _figures_free(probs, target, kind, classes)
@@ -287,7 +290,7 @@ def calibration_report(probs: torch.Tensor, target: torch.Tensor, task: str, cla
 
 def _applied(op: OperatingPoint, probs, target, *, groups, resamples, seed) -> dict[str, Any]:
     """The figures of ``op``'s thresholds on an evaluated split, per class, with bootstrap intervals."""
-    from .evaluation import bootstrap
+    from .metrics import bootstrap
 
     kind = op.kind
 

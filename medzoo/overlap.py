@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataSource, log
+from .naming import public_dataset
 from .registry import MedzooError
-from .store import public_dataset
 
 DISTANCE = 4  # as medagg's de-duplication: a perceptual-hash Hamming distance counted as the same image
 HASH_DTYPE = np.uint64
@@ -26,7 +26,7 @@ HASH_DTYPE = np.uint64
 
 def grey8(img: np.ndarray) -> np.ndarray:
     """The image as one 8-bit grey channel (alpha dropped): what both hashes are computed on."""
-    from .cache import to_channels
+    from .resize import to_channels
 
     grey = to_channels(img, 1)
     if grey.dtype == np.uint8:
@@ -91,7 +91,7 @@ class Hashes:
     exact: np.ndarray  # uint64
     phash: np.ndarray  # uint64
 
-    def take(self, wanted: set[str]) -> "Hashes":
+    def take(self, wanted: set[str]) -> Hashes:
         keep = [i for i, rid in enumerate(self.ids) if rid in wanted]
         return Hashes([self.ids[i] for i in keep], self.exact[keep], self.phash[keep])
 
@@ -154,8 +154,9 @@ def _informative(ph: np.ndarray) -> np.ndarray:
 
 def find_pairs(train: Hashes, held: Hashes, distance: int = DISTANCE) -> list[tuple[str, str, int]]:
     """``(held id, train id, distance)`` for each held-out image found among the training images (distance
-    -1: identical pixels; else the perceptual hashes' Hamming distance). Vectorised band matching: two hashes within ``distance`` bits agree exactly on one of
-    ``distance + 1`` bands, so only pairs sharing a band are compared."""
+    -1: identical pixels; else the perceptual hashes' Hamming distance). Vectorised band matching: two hashes
+    within ``distance`` bits agree exactly on one of ``distance + 1`` bands, so only pairs sharing a band are
+    compared."""
     pairs: dict[int, tuple[int, int]] = {}
     if len(train.ids) and len(held.ids):
         where = {int(e): i for i, e in enumerate(train.exact) if e}

@@ -17,7 +17,8 @@ def _plt():
     return plt
 
 
-def plot_curves(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str], out: Path, title: str) -> None:
+def plot_curves(probs: torch.Tensor, target: torch.Tensor, task: str, classes: list[str], out: Path,
+                title: str) -> None:
     """``roc.png`` and ``pr.png``: the positive class for two classes, one curve per class (one-vs-rest)
     or per label otherwise. Classes without positives or negatives have no curve."""
     import torchmetrics.functional.classification as F
@@ -113,8 +114,8 @@ def plot_learning_curves(curves: dict[str, list[list[dict]]], metric: str, path:
     for k, (label, runs) in enumerate(curves.items()):
         for ax, key in zip(axes, ("val_loss", f"val_{metric}")):
             epochs = max((len(r) for r in runs), default=0)
-            rows = [[float(r[e][key]) if e < len(r) and r[e].get(key) not in (None, "") else np.nan for e in range(epochs)]
-                    for r in runs]
+            rows = [[float(r[e][key]) if e < len(r) and r[e].get(key) not in (None, "") else np.nan
+                     for e in range(epochs)] for r in runs]
             if not rows or not epochs:
                 continue
             arr = np.asarray(rows, dtype=float)
@@ -157,12 +158,12 @@ def plot_reliability(probs: torch.Tensor, target: torch.Tensor, task: str, class
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="perfect calibration")
     edges = np.linspace(0, 1, bins + 1)
     for c, p, t in series(probs, target, kind_of(task, classes), classes)[:10]:
-        p, t = p.numpy(), t.numpy()
-        which = np.digitize(p, edges[1:-1])  # bin k holds [k/bins, (k+1)/bins), as torchmetrics bins
+        pn, tn = p.numpy(), t.numpy()
+        which = np.digitize(pn, edges[1:-1])  # bin k holds [k/bins, (k+1)/bins), as torchmetrics bins
         count = np.bincount(which, minlength=bins)
         used = count > 0
-        conf = np.bincount(which, p, bins)[used] / count[used]
-        frac = np.bincount(which, t.astype(float), bins)[used] / count[used]
+        conf = np.bincount(which, pn, bins)[used] / count[used]
+        frac = np.bincount(which, tn.astype(float), bins)[used] / count[used]
         ax.plot(conf, frac, "-", lw=1)
         ax.scatter(conf, frac, s=8 + 60 * count[used] / max(1, count.max()), label=c)
     ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="mean predicted probability",

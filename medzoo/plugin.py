@@ -98,9 +98,8 @@ from .cache import (
     PreprocessConfig,
     cache_home,
     clean_stale_tmp,
-    fit_pair,
+    open_dataset,
     tmp_folder,
-    to_channels,
     truncate_npy,
 )
 from .data import (
@@ -113,7 +112,6 @@ from .data import (
     bad_input,
     check_leakage,
     data_root,
-    open_dataset,
     parse_data_roots,
     root_for,
     skipping_bad,
@@ -143,18 +141,19 @@ from .registry import (
     LoggerSpec,
     MedzooError,
     MedzooWarning,
-    Ref,
     PreprocessStepSpec,
     ReaderSpec,
+    Ref,
     WeightSourceSpec,
     did_you_mean,
     registry,
 )
+from .resize import fit_pair, to_channels
 from .saliency import feature_layer
 from .stage import log
 from .store import CONFIG as CHECKPOINT_CONFIG
 from .store import WEIGHTS as CHECKPOINT_WEIGHTS
-from .store import atomic_write, read_checkpoint, slug
+from .store import atomic_write, read_checkpoint, slug, swap_dir
 from .store import home as medzoo_home
 from .tracking import Logger, Outcome, RunInfo, StageRun
 from .weights import load_file as load_safetensors
@@ -190,7 +189,7 @@ __all__ = [
     # saliency (ArchSpec.saliency_target)
     "feature_layer",
     # files
-    "medzoo_home", "slug", "atomic_write",
+    "medzoo_home", "slug", "atomic_write", "swap_dir",
     # downloads (resumable, md5-checked)
     "download_file", "md5_file",
 ]

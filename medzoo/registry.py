@@ -11,8 +11,9 @@ import difflib
 import importlib.metadata
 import os
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -236,7 +237,7 @@ class ReaderSpec:
 class Kind:
     key: str
     noun: str
-    spec: type
+    spec: type[Any]
     hook: str
 
 

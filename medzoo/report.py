@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import store
+from .grid import Cell, Grid, Target, read_cell
 from .registry import MedzooError
 
 STATS_NOTE = (
@@ -38,11 +39,12 @@ def compare(base: dict[int, float], other: dict[int, float]) -> dict[str, Any]:
 
     from scipy import stats
 
-    warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)  # near-constant samples: p is still right
+    # near-constant samples: p is still right
+    warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
     a = {s: v for s, v in base.items() if v is not None and not math.isnan(v)}
     b = {s: v for s, v in other.items() if v is not None and not math.isnan(v)}
-    out: dict[str, Any] = {"diff": float(np.mean(list(b.values())) - np.mean(list(a.values()))) if a and b else math.nan,
-                           "p_paired": math.nan, "p_indep": math.nan, "n_pairs": 0}
+    diff = float(np.mean(list(b.values())) - np.mean(list(a.values()))) if a and b else math.nan
+    out: dict[str, Any] = {"diff": diff, "p_paired": math.nan, "p_indep": math.nan, "n_pairs": 0}
     pairs = sorted(set(a) & set(b))
     out["n_pairs"] = len(pairs)
     if len(pairs) >= 2:
@@ -81,8 +83,6 @@ def load_folder(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[d
     except (OSError, ValueError, KeyError, TypeError):
         raise MedzooError(f"'{out}' is not an experiment folder (no readable grid.json); run "
                           f"`medzoo experiment GRID.yaml --out {out}` first") from None
-    from .experiment import Cell, Grid, Target, read_cell
-
     g = Grid(**{**grid, "targets": [Target(**t) for t in grid["targets"]]})
     records = [read_cell(out, Cell(**c), g) for c in cells]
     return grid, cells, records
@@ -116,7 +116,7 @@ def build_report(out: str | Path) -> Path:
     for target in grid["targets"]:
         label, metrics = target["label"], target["metrics"]
         lines += [f"## Target: {label} (dataset `{target['dataset']}`, {target['task']})", ""]
-        rows = {}
+        rows: dict[tuple[str, str], Any] = {}
         for c, r in zip(cells, records):
             if c["target"] == label and r and r["status"] == "ok":
                 rows.setdefault((c["arch"], c["chain"]), {})[c["seed"]] = r
@@ -155,7 +155,8 @@ def build_report(out: str | Path) -> Path:
                     bm, bs = _mean_std(list(_clean(a).values()))
                     cm, cs = _mean_std(list(_clean(b).values()))
                     diff = "–" if math.isnan(st["diff"]) else f"{st['diff']:+.3f}"
-                    lines.append(f"| {arch} | {chain} | {m} | {_fmt(bm, bs, len(_clean(a)))} | {_fmt(cm, cs, len(_clean(b)))} "
+                    lines.append(f"| {arch} | {chain} | {m} | {_fmt(bm, bs, len(_clean(a)))} "
+                                 f"| {_fmt(cm, cs, len(_clean(b)))} "
                                  f"| {diff} | {_p(st['p_paired'])} | {_p(st['p_indep'])} | {st['n_pairs']} |")
         slug = store.slug(label)
         plot_bars(archs, bars, metrics, plots / f"{slug}-bars.png", f"{grid['name']}: {label}")

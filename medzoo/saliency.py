@@ -13,8 +13,9 @@ pytorch-grad-cam is imported only when a map is asked for, so the core install s
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,7 +180,7 @@ def overlay(image: Any, saliency: np.ndarray, *, weight: float = 0.5) -> np.ndar
     if m.ndim != 2:
         raise MedzooError(f"overlay takes one H×W map; got shape {tuple(m.shape)}")
     if m.shape != img.shape[:2]:
-        m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        m = np.asarray(cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
     return show_cam_on_image(img.astype(np.float32) / 255, np.clip(m, 0, 1), use_rgb=True, image_weight=1 - weight)
 
 

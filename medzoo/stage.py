@@ -8,8 +8,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,11 +18,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__, data as mzdata, licenses, models, speed, store
+from . import data as mzdata
+from . import licenses, models, speed, store
+from ._version import __version__
+from .devices import pick_device
 from .lineage import Lineage, StageRecord
-from .metrics import (DiceCELoss, classification_metrics, confusion_matrix, plot_history, plot_segmentation,
-                      segmentation_metrics, write_history)
+from .metrics import (
+    DiceCELoss,
+    classification_metrics,
+    confusion_matrix,
+    plot_history,
+    plot_segmentation,
+    segmentation_metrics,
+    write_history,
+)
 from .registry import MedzooError, registry
+from .rng import rng_state, seed_everything, set_rng_state
 from .tracking import Loggers
 
 
@@ -89,6 +98,30 @@ def _barrier() -> None:
         dist.barrier()
 
 
+class BestEpoch:
+    """The best epoch so far by the validation metric (lower is better for loss, higher for the rest), and
+    early stopping: ``patience`` epochs in a row without improvement (0: never stop)."""
+
+    def __init__(self, metric: str, patience: int, best: dict[str, Any] | None = None, bad: int = 0):
+        self.metric, self.patience, self.bad = metric, patience, bad
+        self.best: dict[str, Any] = best or {"metric": metric, "value": None, "epoch": None}
+
+    def update(self, epoch: int, val: dict[str, float]) -> bool:
+        """Record epoch ``epoch`` (1-based) with validation metrics ``val``; returns whether it is the new best."""
+        value, old = val[self.metric], self.best["value"]
+        improved = old is None or (value < old if self.metric == "loss" else value > old)
+        if improved:
+            self.best = {"metric": self.metric, "value": value, "epoch": epoch, "val": val}
+            self.bad = 0
+        else:
+            self.bad += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 def _takes(fn: Any, keyword: str) -> bool:
@@ -112,10 +145,10 @@ class StageTrainer:
         self._metric = self._pick_metric()
         self.n_train = len(source.split("train"))
         self.workdir = store.runs_dir() / key[:16]
-        self.device = _device(runtime.device)
+        self.device = pick_device(runtime.device)
         self.hw = speed.detect(self.device.type)
         speed.precision(runtime.precision, self.hw), speed.workers(runtime.num_workers, self.hw)  # bad values fail here
-        _seed_everything(recipe["seed"])
+        seed_everything(recipe["seed"])
         self.model = models.build(arch_ref, num_classes=len(source.classes), in_chans=recipe["in_chans"],
                                   img_size=recipe["image_size"])
         self.transfer = None
@@ -150,9 +183,8 @@ class StageTrainer:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p == "fp16"
 
     def _channels_last(self) -> bool:
-        return speed.channels_last(self.runtime.channels_last, self.hw,
-                                   speed.precision(self.runtime.precision, self.hw),
-                                   not self.arch_ref.spec.channels_last)
+        precision = speed.precision(self.runtime.precision, self.hw)
+        return speed.channels_last(self.runtime.channels_last, self.hw, precision, not self.arch_ref.spec.channels_last)
 
     def _transform_cfg(self) -> mzdata.TransformConfig:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -167,21 +199,23 @@ class StageTrainer:
         train = split == "train"
         ds = mzdata.TorchDataset(self.source, split, mzdata.build_transform(self._transform_cfg(), train),
                                  self.recipe["in_chans"])
-        sampler = None
+        sampler: torch.utils.data.Sampler | None = None
         if train and self.recipe["balanced_sampling"] and self.task == "classification":
             counts = np.bincount([r.label for r in ds.records], minlength=len(self.source.classes))
             weights = [1.0 / counts[r.label] for r in ds.records]
             sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=self.gen)
+        part = None
         if _world() > 1:
             if train:
                 sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=self.recipe["seed"], drop_last=True)
             else:  # each rank scores a disjoint slice; results are gathered, so nothing is counted twice
-                ds = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
+                part = torch.utils.data.Subset(ds, list(range(_rank(), len(ds), _world())))
         w = speed.workers(self.runtime.num_workers, self.hw)
         return torch.utils.data.DataLoader(
-            ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None, sampler=sampler,
-            generator=self.gen if train else None, num_workers=w, pin_memory=self.device.type == "cuda",
-            persistent_workers=w > 0, drop_last=train and len(ds) > self.recipe["batch_size"])
+            part if part is not None else ds, batch_size=self.recipe["batch_size"], shuffle=train and sampler is None,
+            sampler=sampler, generator=self.gen if train else None, num_workers=w,
+            pin_memory=self.device.type == "cuda", persistent_workers=w > 0,
+            drop_last=train and len(ds) > self.recipe["batch_size"])
 
     def _reseed(self, loader, epoch: int) -> None:
         self.gen.manual_seed(self.recipe["seed"] * 100_003 + epoch)
@@ -297,96 +331,120 @@ class StageTrainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> tuple[StageResult, Parent]:
-        r, t0 = self.recipe, time.time()
-        resume = self.workdir / "last.safetensors"
-        state = store.load_state(resume) if resume.is_file() else None
-        if state is not None and state.get("key") != self.key:
-            state = None
+        t0 = time.time()
+        state = self._saved_state()
         # the optimizer's groups as they were when its state was saved (lr scales may change per epoch)
-        lr_scales = self._apply_policy(state["epoch"] if state is not None else 0)
-        self.model.to(self.device)
-        cl = self._channels_last()
-        if cl:
-            self.model.to(memory_format=torch.channels_last)
-        amp_dtype, use_scaler = self._precision()
-        opt = self._optimizer(lr_scales)
-        self.gen = torch.Generator()
-        self.train_loader, self.val_loader = self._loader("train"), self._loader("val")
-        steps = math.ceil(len(self.train_loader) / r["grad_accum"])
-        sched = self._scheduler(opt, steps)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        criterion = self._criterion()
-        history: list[dict] = []
-        best = {"metric": self.metric, "value": None, "epoch": None}
-        best_state, bad, start = None, 0, 0
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            _set_rng(state["rng"])
-            history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"] + 1
-            best_state = models.load_safetensors(self.workdir / "best.safetensors")
-            log(f"[{self.name}] resuming after epoch {start} of {r['epochs']}")
-            state = None  # the saved optimizer state is a model's size or twice that: not kept for the whole stage
+        self._setup(self._apply_policy(state["epoch"] if state is not None else 0))
+        start = self._resume(state) if state is not None else 0
+        del state  # the saved optimizer state is a model's size or twice that: not kept for the whole stage
         if self.transfer is not None and start == 0:
             log(f"[{self.name}] {self.transfer} from {self.parent.origin}; freeze policy {self.policy_name}"
-                + (f" (auto, {self.n_train} training images)" if r["freeze"].startswith("auto") else ""))
-        self.loggers.stage_started(self, history, self.stage_index)
-        net = torch.compile(self.model) if self.runtime.compile else self.model
-        stopped_early = False
-        for epoch in range(start, r["epochs"]):
+                + (f" (auto, {self.n_train} training images)" if self.recipe["freeze"].startswith("auto") else ""))
+        self.loggers.stage_started(self, self.history, self.stage_index)
+        self._epoch_loop(start)
+        return self._finish(time.time() - t0 + sum(h["seconds"] for h in self.history[:start]))
+
+    def _saved_state(self) -> dict[str, Any] | None:
+        """The resumable state a killed run of this same stage (same key) left after its last full epoch."""
+        path = self.workdir / "last.safetensors"
+        state = store.load_state(path) if path.is_file() else None
+        return state if state is not None and state.get("key") == self.key else None
+
+    def _setup(self, lr_scales: dict[str, float]) -> None:
+        """Model on its device, optimizer, loaders, schedule, loss and a fresh best-epoch tracker."""
+        self.model.to(self.device)
+        self.cl = self._channels_last()
+        if self.cl:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype, use_scaler = self._precision()
+        self.opt = self._optimizer(lr_scales)
+        self.gen = torch.Generator()
+        self.train_loader, self.val_loader = self._loader("train"), self._loader("val")
+        self.sched = self._scheduler(self.opt, math.ceil(len(self.train_loader) / self.recipe["grad_accum"]))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.criterion = self._criterion()
+        self.net = torch.compile(self.model) if self.runtime.compile else self.model
+        self.history: list[dict[str, Any]] = []
+        self.tracker = BestEpoch(self.metric, self.recipe["patience"])
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _resume(self, state: dict[str, Any]) -> int:
+        """Restore model, optimizer, schedule, scaler, RNG, history and best epoch; returns the next epoch."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.history = state["history"]
+        self.tracker = BestEpoch(self.metric, self.recipe["patience"], state["best"], state["bad"])
+        self.best_state = models.load_safetensors(self.workdir / "best.safetensors")
+        start = state["epoch"] + 1
+        log(f"[{self.name}] resuming after epoch {start} of {self.recipe['epochs']}")
+        return start
+
+    def _epoch_loop(self, start: int) -> None:
+        for epoch in range(start, self.recipe["epochs"]):
             te = time.time()
-            self._rescale(opt, sched, self._apply_policy(epoch))
+            self._rescale(self.opt, self.sched, self._apply_policy(epoch))
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            ddp = net
-            if _world() > 1:
-                ddp = torch.nn.parallel.DistributedDataParallel(
-                    net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            train_loss = self._train_epoch(ddp, opt, sched, scaler, criterion, amp_dtype, cl, epoch)
+            train_loss = self._train_epoch(self._parallel(self.net), self.opt, self.sched, self.scaler, self.criterion,
+                                           self.amp_dtype, self.cl, epoch)
             if _world() > 1:  # BatchNorm statistics are per rank; keep every rank's model identical
                 for b in self.model.buffers():
                     dist.broadcast(b, 0)
-            val = self._validate(net, criterion, amp_dtype, cl)
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(val[self.metric])
-            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
+            val = self._validate(self.net, self.criterion, self.amp_dtype, self.cl)
+            if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.sched.step(val[self.metric])
+            row = {"epoch": epoch + 1, "lr": self.opt.param_groups[0]["lr"], "train_loss": train_loss,
                    **{f"val_{k}": v for k, v in val.items()}, "trainable_params": trainable,
                    "seconds": round(time.time() - te, 2)}
-            history.append(row)
-            self.loggers.epoch(row)
-            value = val[self.metric]
-            improved = best["value"] is None or (value < best["value"] if self.metric == "loss" else value > best["value"])
-            if improved:
-                best = {"metric": self.metric, "value": value, "epoch": epoch + 1, "val": val}
-                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                bad = 0
-            else:
-                bad += 1
-            log(f"[{self.name}] epoch {epoch + 1}/{r['epochs']}  train_loss {train_loss:.4f}  "
-                f"val_loss {val['loss']:.4f}  val_{self.metric} {value:.4f}{'  *best' if improved else ''}  "
-                f"({row['seconds']:.1f}s)")
-            stopped_early = r["patience"] > 0 and bad >= r["patience"]
-            if _rank() == 0:
-                if improved:
-                    store.save_tensors(self.workdir / "best.safetensors", best_state)
-                store.save_state(resume, {"key": self.key, "epoch": epoch, "model": self.model.state_dict(),
-                                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                          "scaler": scaler.state_dict(), "rng": _get_rng(), "history": history,
-                                          "best": best, "bad": bad})
-            _barrier()
-            if stopped_early:
-                log(f"[{self.name}] early stop: no improvement in {r['patience']} epochs")
+            if self._end_epoch(epoch, row, val):
+                log(f"[{self.name}] early stop: no improvement in {self.recipe['patience']} epochs")
                 break
-        self.model.load_state_dict(best_state)
-        seconds = time.time() - t0 + sum(h["seconds"] for h in history[: start])
+
+    def _parallel(self, net: Any) -> Any:
+        """``net`` wrapped for DistributedDataParallel under torchrun; as it is on one process."""
+        if _world() == 1:
+            return net
+        return torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _end_epoch(self, epoch: int, row: dict[str, Any], val: dict[str, float]) -> bool:
+        """An epoch's metrics are complete (``row``: its history.csv row): record them, keep the best
+        weights, save the resumable state. Returns whether to stop early."""
+        self.history.append(row)
+        self.loggers.epoch(row)
+        improved = self.tracker.update(epoch + 1, val)
+        if improved:
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        log(f"[{self.name}] epoch {epoch + 1}/{self.recipe['epochs']}  train_loss {row['train_loss']:.4f}  "
+            f"val_loss {val['loss']:.4f}  val_{self.metric} {val[self.metric]:.4f}{'  *best' if improved else ''}  "
+            f"({row['seconds']:.1f}s)")
+        if _rank() == 0:
+            self._save_state(epoch, improved)
+        _barrier()
+        return self.tracker.should_stop
+
+    def _save_state(self, epoch: int, improved: bool) -> None:
+        """What a killed run resumes from: written after every epoch, each file atomically."""
+        if improved and self.best_state is not None:
+            store.save_tensors(self.workdir / "best.safetensors", self.best_state)
+        store.save_state(self.workdir / "last.safetensors", {
+            "key": self.key, "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "history": self.history, "best": self.tracker.best, "bad": self.tracker.bad})
+
+    def _finish(self, seconds: float) -> tuple[StageResult, Parent]:
+        """The best epoch's weights written as the stage's checkpoint; its result and the next stage's parent."""
+        best, history = self.tracker.best, self.history
+        self.model.load_state_dict(self.best_state)
         path, sha = self._write(best, history, seconds)
         self.loggers.stage_ended(path, self.metric, best, len(history))
         result = StageResult(path.name, path, self.dataset, False, self.metric, best["value"], len(history),
                              seconds, sha)
         lineage = self._lineage(best, history, seconds, sha)
         lineage.stages[-1].checkpoint, lineage.stages[-1].weights_sha256 = path.name, sha
-        return result, Parent(path.name, self.arch_ref.name, best_state, sha, list(self.source.classes),
+        return result, Parent(path.name, self.arch_ref.name, self.best_state, sha, list(self.source.classes),
                               lineage, f"checkpoint '{path.name}'")
 
     def _train_epoch(self, net, opt, sched, scaler, criterion, amp_dtype, channels_last, epoch) -> float:
@@ -522,8 +580,8 @@ class StageTrainer:
             lineage = self._lineage(best, history, seconds, sha)
             lineage.name = final_name
             lineage.stages[-1].checkpoint, lineage.stages[-1].weights_sha256 = final_name, sha
-            config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe, self._transform_cfg(),
-                                       final_name, lineage)
+            config = store.timm_config(self.model, self.arch_ref, self.source.classes, self.recipe,
+                                       self._transform_cfg(), final_name, lineage)
             store.write_config(tmp, {k: v for k, v in config.items() if k != "medzoo"}, lineage)
             (tmp / "metrics.json").write_text(json.dumps({"split": "val", "best_epoch": best["epoch"],
                                                           **best.get("val", {})}, indent=2))
@@ -531,13 +589,7 @@ class StageTrainer:
             plot_history(history, tmp / "learning_curve.png", self.name, self.metric)
             if self.task == "segmentation":
                 self._plot_predictions(tmp / "predictions.png")
-            old = None
-            if final.exists():  # --force on the same inputs: swap, never leave a half state visible
-                old = root / f".old-{final_name}-{os.getpid()}"
-                os.rename(final, old)
-            store.publish_dir(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            store.swap_dir(tmp, final)  # --force on the same inputs replaces it: never a half state visible
             shutil.rmtree(self.workdir, ignore_errors=True)
         _barrier()
         if not sha:
@@ -551,7 +603,7 @@ class StageTrainer:
         """Truth and prediction over a few validation images, for a look at what the numbers mean."""
         self.model.eval()
         ds = self.val_loader.dataset
-        items = [ds[i] for i in range(min(n, len(ds)))]
+        items = [ds[i] for i in range(min(n, len(ds)))]  # type: ignore[arg-type]  # a map-style dataset: sized
         if not items:
             return
         x = torch.stack([i[0] for i in items]).to(self.device)
@@ -561,43 +613,3 @@ class StageTrainer:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise MedzooError(f"unknown --device '{name}'; use cpu, cuda, cuda:N or mps") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise MedzooError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _get_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
-    np.random.set_state(tuple(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 
 from .lineage import MAX_CLASSES, Lineage, bounded_int
 from .models import stock_timm_name
+from .naming import is_path_arg, public_dataset, public_source  # noqa: F401 — store's naming API too
 from .registry import MedzooError, Ref, did_you_mean
 
 CONFIG = "config.json"
@@ -62,33 +64,6 @@ def _short_hash(text: str) -> str:
 def bounded(part: str, limit: int = MAX_PART) -> str:
     """``part`` if it fits ``limit`` characters, else its head and a hash of the whole (still unique)."""
     return part if len(part) <= limit else f"{part[:limit - 9].rstrip('_.')}_{_short_hash(part)}"
-
-
-def is_path_arg(arg: str | None) -> bool:
-    """Whether a ``name:arg`` argument is a local path (``imagefolder:/data/x``, ``csv:./labels.csv``)."""
-    if not arg:
-        return False
-    return "/" in arg or "\\" in arg or arg.startswith(("~", "."))
-
-
-def public_dataset(dataset: str) -> str:
-    """How a dataset is named in names, cards and metadata: a path-given one by its folder's (or file's)
-    last component, never the path (a hospital's folder structure is not for a public model card)."""
-    base, _, arg = dataset.partition(":")
-    if not is_path_arg(arg):
-        return dataset
-    last = Path(arg.rstrip("/\\")).expanduser().name or "data"
-    return f"{base}:{last}"
-
-
-def public_source(name: str) -> str:
-    """How a chain's first weights are named in cards and metadata: ``file:`` by the file's name, never its
-    path; every other source (``hf-hub:org/name@rev``, ``url:``, catalogue names) as it is."""
-    base, _, arg = name.partition(":")
-    if base != "file" or not arg:
-        return name
-    last = Path(arg.rstrip("/\\")).expanduser().name
-    return f"file:{last or 'weights'}"
 
 
 def dataset_part(dataset: str, fingerprint: str = "") -> str:
@@ -177,18 +152,32 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written temporary directory into place; refuses to replace an existing one."""
+def swap_dir(tmp: Path, final: Path) -> None:
+    """Move the fully written folder ``tmp`` into ``final``'s place. A folder already there is first renamed
+    aside and removed only after the swap: a reader sees the old folder or the new, never a mix or none for
+    long. If another process put a folder at ``final`` in between, ``tmp`` is removed, the old folder is put
+    back and ``MedzooError`` says so. Callers decide whether ``final`` may be replaced at all."""
     for f in tmp.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
     try:
         os.rename(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise MedzooError(f"checkpoint '{final.name}' appeared while this one was being written; nothing was replaced")
+        if old is not None:
+            try:
+                os.rename(old, final)
+            except OSError:  # the other process's folder stays; ours was removed above: drop the old one
+                shutil.rmtree(old, ignore_errors=True)
+        raise MedzooError(f"'{final}' appeared while this one was being written; nothing was replaced") from None
     _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def new_tmp_dir(parent: Path, name: str) -> Path:

@@ -17,7 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import data as mzdata, licenses, models, recipe as mzrecipe, store, weights as weights_reader
+from . import cache as mzcache
+from . import data as mzdata
+from . import licenses, models, store
+from . import recipe as mzrecipe
+from . import weights as weights_reader
 from .lineage import Lineage, SourceRecord
 from .overlap import check_chain
 from .registry import MedzooError, Ref, did_you_mean, registry
@@ -51,7 +55,7 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
         raise MedzooError(f"--stages '{text}' has an empty name at position {where} (a stray comma?); "
                           f"write e.g. --stages {','.join(s for s in stages if s)}")
     arch_ref = registry().resolve("archs", arch)
-    first, datasets = _split_source(stages)
+    first, datasets = split_source(stages)
     _check_source(first)
     if not datasets:
         raise MedzooError(f"--stages '{','.join(stages)}' has no training stage after the source '{first}'; "
@@ -75,7 +79,7 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     for d, r in zip(datasets, recipes):
         key = (d, json.dumps(r["preprocess"], sort_keys=True))
         if key not in sources:
-            sources[key] = mzdata.open_dataset(d, mzdata.root_for(runtime.data_roots, d), preprocess=r["preprocess"],
+            sources[key] = mzcache.open_dataset(d, mzdata.root_for(runtime.data_roots, d), preprocess=r["preprocess"],
                                                skip_bad=runtime.skip_bad, trainable=True)
     source_of = [sources[(d, json.dumps(r["preprocess"], sort_keys=True))] for d, r in zip(datasets, recipes)]
     for d, r, src in zip(datasets, recipes, source_of):
@@ -96,7 +100,7 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     return results
 
 
-def _split_source(stages: list[str]) -> tuple[str, list[str]]:
+def split_source(stages: list[str]) -> tuple[str, list[str]]:
     """``medagg,inbreast`` (no source) means ``imagenet,medagg,inbreast``."""
     first = stages[0]
     base = first.partition(":")[0]
@@ -236,7 +240,8 @@ def _run_stage(arch_ref: Ref, parent: Parent, dataset: str, source: mzdata.DataS
 def _summary(results: list[StageResult]) -> None:
     rows = [(r.dataset, r.name, f"{r.metric} {r.best:.4f}" if isinstance(r.best, float) else "-",
              "reused" if r.reused else f"{r.seconds:.0f}s") for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("stage", "checkpoint", "best", "time"))]
+    widths = [max(len(h), *(len(row[i]) for row in rows))
+              for i, h in enumerate(("stage", "checkpoint", "best", "time"))]
     log("")
     for row in [("stage", "checkpoint", "best", "time"), *rows]:
         log("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

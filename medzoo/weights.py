@@ -17,8 +17,9 @@ import json
 import math
 import struct
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .registry import MedzooError
 

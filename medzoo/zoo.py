@@ -18,7 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import data as mzdata, models, store, weights as weights_reader
+from . import data as mzdata
+from . import models, store
+from . import weights as weights_reader
 from .hublayout import MEDZOO_JSON, foreign_hint
 from .lineage import MAX_CHANS, MAX_CLASSES, Lineage
 from .registry import MedzooError, did_you_mean, registry
@@ -153,7 +155,7 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
     commit = Path(config_path).parent.name  # the cache names snapshot folders by commit hash
     config = _read_config(Path(config_path), where)
     if "medzoo" not in config:  # a layout whose library owns config.json keeps medzoo's in medzoo.json
-        hint = foreign_hint(config, repo_id)
+        hint = foreign_hint(config, repo_id, registry().list("archs"))
         path = _hub_call(lambda: hf_hub_download(repo_id, MEDZOO_JSON, revision=commit), where, MEDZOO_JSON, hint)
         config = _read_config(Path(path), where)
         if "medzoo" not in config:
@@ -168,8 +170,13 @@ def from_hub(repo_id: str, revision: str | None = None, *, weights: bool = True)
 
 
 def _hub_call(fn, where: str, filename: str, hint: str = ""):
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return fn()

@@ -68,7 +68,7 @@ def _fixed_size(timm_name: str) -> bool:
     return bool(cfg and cfg.fixed_input_size) or timm_name.startswith(TRANSFORMERS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def timm_traits(timm_name: str) -> dict[str, Any]:
     """The ArchSpec traits of a stock timm model, from its name and timm's pretrained_cfg."""
     from timm.models import get_pretrained_cfg

@@ -49,7 +49,8 @@ def open_imagefolder(*, root=None, arg=None) -> FileSource:
     top = _existing(arg or (str(root) if root else None), "folder with one sub-folder per class", "imagefolder")
     split_dirs = [s for s in SPLITS if (top / s).is_dir()]
     layout = [(s, top / s) for s in split_dirs] if split_dirs else [(None, top)]
-    classes = sorted({d.name for _, base in layout for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    classes = sorted({d.name for _, base in layout for d in base.iterdir()
+                      if d.is_dir() and not d.name.startswith(".")})
     warn_near_duplicate_classes(classes, str(top))
     if not classes:
         raise MedzooError(f"imagefolder: {top} has no class sub-folders; put each class's images in <folder>/<class>/")
@@ -288,8 +289,8 @@ def register_commands(cli):
 
         cfg = dict(registry().resolve("datasets", name).spec.recipe.get("preprocess", {}))
         cfg.update({k: v for k, v in (("size", size), ("clahe", clahe)) if v is not None})
-        src = open_dataset(name, root_for(parse_data_roots(data_roots), name), preprocess=PreprocessConfig.from_dict(cfg),
-                           skip_bad=skip_bad)
+        src = open_dataset(name, root_for(parse_data_roots(data_roots), name),
+                           preprocess=PreprocessConfig.from_dict(cfg), skip_bad=skip_bad)
         click.echo(f"{src.name}: {len(src.records)} images cached in {src.meta['cache']}")
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -68,7 +68,8 @@ def read_dicom(path: str | Path, *, window: tuple[float, float] | None = None, f
     except InvalidDicomError as exc:
         raise MedzooError(f"{path}: not a DICOM file ({_first_line(exc)}); {SKIP_BAD}") from None
     except Exception as exc:
-        raise MedzooError(f"{path}: corrupt DICOM header ({type(exc).__name__}: {_first_line(exc)}); {SKIP_BAD}") from None
+        raise MedzooError(f"{path}: corrupt DICOM header ({type(exc).__name__}: {_first_line(exc)}); "
+                          f"{SKIP_BAD}") from None
     if "PixelData" not in ds:
         raise MedzooError(f"{path}: DICOM file has no pixel data (a report or structured document?); {SKIP_BAD}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)

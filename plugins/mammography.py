@@ -53,7 +53,8 @@ _INBREAST_NAME = re.compile(r"^(\d+)_([0-9a-fA-F]+)_MG_([RL])_([A-Z]+)_ANON$")
 def open_inbreast(*, root=None, arg=None) -> FileSource:
     task = arg or "binary"
     if task not in INBREAST_TASKS and task != "density":
-        raise MedzooError(f"inbreast label mapping '{task}' is unknown{did_you_mean(task, [*INBREAST_TASKS, 'density'])}; "
+        raise MedzooError(f"inbreast label mapping '{task}' is unknown"
+                          f"{did_you_mean(task, [*INBREAST_TASKS, 'density'])}; "
                           "use inbreast (benign BI-RADS 1-3 vs malignant 4-6), inbreast:birads or inbreast:density")
     top = data_root("inbreast", root)
     base = find_dir(top, "INbreast Release 1.0", "INbreast")

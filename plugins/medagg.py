@@ -80,7 +80,8 @@ def open_medagg(*, root=None, arg=None) -> MedaggSource:
         if name != "images.npy" or not row.isdigit() or int(row) >= len(images):
             raise MedzooError(f"{manifest}:{line}: bad image reference {r['ref']!r}; rebuild medagg")
         if r[column] not in index:
-            raise MedzooError(f"{manifest}:{line}: label {r[column]!r} is not in manifest.json's classes; rebuild medagg")
+            raise MedzooError(f"{manifest}:{line}: label {r[column]!r} is not in manifest.json's classes; "
+                              "rebuild medagg")
         records.append(Record(f"{r['ref']}~{r['copy']}", index[r[column]], r["split"], r["patient"] or None,
                               meta={"index": int(row), "ref": r["ref"], "copy": int(r["copy"]),
                                     "source": r["source"], "origin": r["origin"]}))
@@ -134,7 +135,8 @@ def register_commands(cli):
     @click.option("--min-std", default=2.0, show_default=True, help="Drop near-constant images (grey std, 0-255).")
     @click.option("--hash-distance", default=4, show_default=True,
                   help="Perceptual-hash distance counted as a near duplicate (-1: only exact duplicates).")
-    @click.option("--skip-bad", is_flag=True, help="Skip unreadable images and bad rows, listing them in the datasheet.")
+    @click.option("--skip-bad", is_flag=True,
+                  help="Skip unreadable images and bad rows, listing them in the datasheet.")
     def medagg(sources, out, seed, size, channels, per_class_cap, per_source_cap, min_per_class, label, min_size,
                min_std, hash_distance, skip_bad):
         """Aggregate datasets into medagg: manifest.csv, images.npy, datasheet.md/.json/.png in OUT."""

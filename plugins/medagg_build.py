@@ -10,10 +10,8 @@ import csv
 import io
 import json
 import logging
-import os
 import random
 import shutil
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from medzoo.plugin import (
     most_restrictive,
     open_dataset,
     phash,
+    swap_dir,
     tmp_folder,
     to_channels,
     truncate_npy,
@@ -80,7 +79,8 @@ def parse_sources(text: str) -> list[tuple[str, str | None]]:
         else:
             out.append((name, root or None))
     if not out:
-        raise MedzooError("--from names no source; give registered datasets, e.g. --from chest_xray,medmnist:pathmnist_224")
+        raise MedzooError("--from names no source; give registered datasets, "
+                          "e.g. --from chest_xray,medmnist:pathmnist_224")
     return out
 
 
@@ -132,7 +132,8 @@ def _open_sources(cfg: BuildConfig) -> list[_Source]:
         if data.task != "classification" and cfg.label == "fine":
             raise MedzooError(f"medagg: source '{name}' is a {data.task} dataset: it has no single class per image; "
                               "leave it out or build with --label modality|body_part")
-        out.append(_Source(_source_key(name, taken), name, data, data.meta.get("modality") or spec.modality or "unknown",
+        out.append(_Source(_source_key(name, taken), name, data,
+                           data.meta.get("modality") or spec.modality or "unknown",
                            data.meta.get("body_part") or spec.body_part or "unknown",
                            license_id(data.meta.get("license") or spec.license)))
     return out
@@ -243,7 +244,7 @@ def build_medagg(cfg: BuildConfig) -> dict:
         from .medagg_sheet import write_datasheet
 
         sheet = write_datasheet(tmp, rows, sources, dropped, bad, cfg)
-        _replace(tmp, out)
+        swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sheet
@@ -304,17 +305,3 @@ def _config_dict(cfg: BuildConfig) -> dict:
     del d["out"]  # where it was written is not part of what was built (two builds compare equal)
     d["sources"] = [name for name, _ in cfg.sources]  # roots are machine-specific: not part of the build's identity
     return d
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -16,7 +16,8 @@ def _counts(rows: list[dict], column: str) -> dict[str, dict[str, int]]:
 
 
 def _table(title: str, counts: dict[str, dict[str, int]]) -> list[str]:
-    lines = [f"### {title}", "", f"| {title.split()[-1]} | train | val | test | total |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [f"### {title}", "", f"| {title.split()[-1]} | train | val | test | total |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for k, c in counts.items():
         lines.append(f"| {k} | {c['train']} | {c['val']} | {c['test']} | {sum(c.values())} |")
     return lines + [""]
@@ -46,7 +47,8 @@ def write_datasheet(folder: Path, rows: list[dict], sources, dropped: Counter, b
 
     md = ["# medagg datasheet", "",
           f"{sheet['images']} images ({sheet['rows']} rows with {sheet['oversampled_copies']} oversampled copies) "
-          f"from {len(sources)} sources, {cfg.size}×{cfg.size}×{cfg.channels}, task label: {cfg.label}, seed {cfg.seed}.",
+          f"from {len(sources)} sources, {cfg.size}×{cfg.size}×{cfg.channels}, task label: {cfg.label}, "
+          f"seed {cfg.seed}.",
           "", "Plot: [datasheet.png](datasheet.png)", ""]
     md += _table("Counts by source", sheet["by_source"])
     md += _table("Counts by modality", sheet["by_modality"])

@@ -91,7 +91,8 @@ def _thresholds(arg) -> tuple[int, int]:
 
 def resolve_auto(arg=None, n_train=0, task="classification", **ctx) -> str:
     small, large = _thresholds(arg)
-    if task == "segmentation":  # groups are encoder · decoder · head: a small set trains the decoder on a frozen encoder
+    # segmentation groups are encoder · decoder · head: a small set trains the decoder on a frozen encoder
+    if task == "segmentation":
         return "top:1" if n_train < large else "full"
     if n_train < small:
         return "head"
@@ -102,7 +103,8 @@ def resolve_auto(arg=None, n_train=0, task="classification", **ctx) -> str:
 def register_freeze_policies(register):
     register(FreezePolicySpec("full", apply_full, "train every parameter"))
     register(FreezePolicySpec("head", apply_head, "linear probe: train only the head (classifier and the final "
-                                                  "norm/conv that timm groups with it); frozen BatchNorm stays in eval mode"))
+                                                  "norm/conv that timm groups with it); frozen BatchNorm stays in "
+                                                  "eval mode"))
     register(FreezePolicySpec("top", apply_top, "train the last K block groups (timm's coarse group matcher: stem, "
                                                 "stages, head) plus the head", takes_arg=True, arg_help="K",
                               check=lambda arg: _int(arg, "top"),
@@ -113,7 +115,8 @@ def register_freeze_policies(register):
                               arg_help="N", params={"N": "epochs between unfreezing steps (default 1)"}))
     register(FreezePolicySpec("lld", apply_lld, "train everything with layer-wise learning-rate decay: the lr of "
                                                 "a layer d groups below the head is scaled by DECAY**d (timm's "
-                                                "param_groups_layer_decay)", takes_arg=True, arg_help="DECAY", check=_decay,
+                                                "param_groups_layer_decay)", takes_arg=True, arg_help="DECAY",
+                              check=_decay,
                               params={"DECAY": "per-layer lr factor in (0, 1], e.g. 0.75"}))
     register(FreezePolicySpec(
         "auto", None, f"by training-set size: head below {AUTO_SMALL} images, top:{AUTO_TOP} below {AUTO_LARGE}, "

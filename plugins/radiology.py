@@ -20,7 +20,8 @@ from .imaging import FileSource, list_images, read_csv_rows, recipe
 
 CHEST_CLASSES = ("NORMAL", "PNEUMONIA")
 CHEST_3CLASSES = ("NORMAL", "BACTERIA", "VIRUS")
-# person1000_bacteria_2931.jpeg -> person1000; IM-0115-0001.jpeg -> IM-0115; NORMAL2-IM-1427-0001.jpeg -> NORMAL2-IM-1427
+# person1000_bacteria_2931.jpeg -> person1000; IM-0115-0001.jpeg -> IM-0115;
+# NORMAL2-IM-1427-0001.jpeg -> NORMAL2-IM-1427
 _PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
 
 
@@ -48,7 +49,8 @@ def open_chest_xray(*, root=None, arg=None) -> FileSource:
                 continue
             for p in list_images(d):
                 if arg == "3class" and folder == "PNEUMONIA":
-                    kind = "BACTERIA" if "bacteria" in p.name.lower() else "VIRUS" if "virus" in p.name.lower() else None
+                    lower = p.name.lower()
+                    kind = "BACTERIA" if "bacteria" in lower else "VIRUS" if "virus" in lower else None
                     if kind is None:
                         bad_input(p, "pneumonia image whose name says neither bacteria nor virus")
                         continue
@@ -99,7 +101,8 @@ def open_head_ct(*, root=None, arg=None) -> FileSource:
 def register_datasets(register):
     register(DatasetSpec(
         name="chest_xray", open=open_chest_xray, classes=CHEST_CLASSES, modality="X-ray", body_part="chest",
-        license="cc-by-4.0", license_url="https://data.mendeley.com/datasets/rscbjbr9sj/2", docs="docs/datasets/chest_xray.md",
+        license="cc-by-4.0", license_url="https://data.mendeley.com/datasets/rscbjbr9sj/2",
+        docs="docs/datasets/chest_xray.md",
         citation="Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning, "
                  "Cell 2018.",
         description="Kermany pediatric chest X-rays, normal vs pneumonia (5,856 images); ':3class' splits "
@@ -111,7 +114,8 @@ def register_datasets(register):
     register(DatasetSpec(
         name="head_ct", open=open_head_ct, classes=HEAD_CT_CLASSES, modality="CT", body_part="head",
         license="unknown",  # the Kaggle upload names no licence: check before redistributing
-        license_url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage", docs="docs/datasets/head_ct.md",
+        license_url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
+        docs="docs/datasets/head_ct.md",
         description="Kaggle head CT hemorrhage: 200 axial slices, normal vs hemorrhage",
         manual_steps=portals.HEAD_CT, missing=portals.missing_head_ct,
         recipe=recipe(epochs=40, batch_size=16, lr=1e-4, augment="strong", patience=12, freeze="top:2",

@@ -32,7 +32,8 @@ def load_imagenet(*, arch, arg=None) -> SourceWeights:
     if not tags:
         raise MedzooError(f"timm has no pretrained weights for '{name}'; start the chain with 'scratch'")
     if arg is not None and arg not in tags:
-        raise MedzooError(f"timm has no '{arg}' weights for {name}{did_you_mean(arg, tags)}; available: {', '.join(tags)}")
+        raise MedzooError(f"timm has no '{arg}' weights for {name}{did_you_mean(arg, tags)}; "
+                          f"available: {', '.join(tags)}")
     full = f"{name}.{arg}" if arg else name
     # Weights already in the Hugging Face cache load from there without asking the Hub: offline, that ask
     # costs a minute of retries. timm still applies its own key filters to the file.
@@ -41,8 +42,9 @@ def load_imagenet(*, arch, arg=None) -> SourceWeights:
     try:
         model = timm.create_model(full, pretrained=True, **overlay)
     except Exception as exc:  # offline, no cache, hub error: all end the same way for the user
-        raise MedzooError(f"could not get the ImageNet weights '{full}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                          "connect to the Hugging Face Hub once (they are cached), or start with 'scratch' or 'file:<path>'") from None
+        raise MedzooError(f"could not get the ImageNet weights '{full}' "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); connect to the Hugging Face Hub "
+                          "once (they are cached), or start with 'scratch' or 'file:<path>'") from None
     cfg = dict(model.pretrained_cfg)
     return SourceWeights(model.state_dict(), tag=f"imagenet:{cfg.get('tag') or arg or 'default'}", pretrained_cfg=cfg)
 
@@ -68,7 +70,8 @@ def load_file(*, arch, arg=None) -> SourceWeights:
     path = Path(arg).expanduser()
     recorded, licence = None, "unknown"  # a bare file says nothing of its terms: publishing asks for --license
     beside = path.parent / CHECKPOINT_CONFIG
-    if path.name == CHECKPOINT_WEIGHTS and beside.is_file():  # a medzoo checkpoint's file: its config records hash, licence
+    # a medzoo checkpoint's file: its config records hash, licence
+    if path.name == CHECKPOINT_WEIGHTS and beside.is_file():
         try:
             lineage = read_checkpoint(path.parent).lineage
             recorded, licence = lineage.weights_sha256, lineage.license()

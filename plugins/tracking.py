@@ -123,8 +123,9 @@ class MlflowLogger:
         tags = {"medzoo.arch": stage.arch, "medzoo.dataset": stage.dataset, "medzoo.stage": str(stage.index),
                 "medzoo.stage_key": stage.key, "medzoo.seed": str(stage.seed), "medzoo.chain": _chain(lineage, stage),
                 "medzoo.source": str((lineage.get("source") or {}).get("name", "")),
-                "medzoo.parent_sha256": str((lineage.get("source") or {}).get("sha256", "")) if not lineage.get("stages")
-                else str(lineage["stages"][-1].get("weights_sha256", ""))}
+                "medzoo.parent_sha256": (str((lineage.get("source") or {}).get("sha256", ""))
+                                         if not lineage.get("stages")
+                                         else str(lineage["stages"][-1].get("weights_sha256", "")))}
         if self.info.group:
             tags["medzoo.cell"] = self.info.group
         if stage.resumed_after:

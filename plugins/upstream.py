@@ -56,7 +56,8 @@ def _catalogue(extra: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         try:
             doc = json.loads(Path(path).read_text())
         except OSError as exc:
-            raise MedzooError(f"cannot read upstream catalogue '{path}' (MEDZOO_UPSTREAM_CATALOGUE): {exc.strerror}") from None
+            raise MedzooError(f"cannot read upstream catalogue '{path}' (MEDZOO_UPSTREAM_CATALOGUE): "
+                              f"{exc.strerror}") from None
         except ValueError as exc:
             raise MedzooError(f"upstream catalogue '{path}' is not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
@@ -174,13 +175,14 @@ def load_entry(name: str, arch) -> SourceWeights:
     known = entry.get("sha256") or pinned
     done = None
     if known:
-        hits = sorted((fetching.root() / "converted").glob(f"{known}-{slug(entry['arch'])}-{entry['keymap']}.safetensors"))
+        pattern = f"{known}-{slug(entry['arch'])}-{entry['keymap']}.safetensors"
+        hits = sorted((fetching.root() / "converted").glob(pattern))
         done = hits[0] if hits else None
     if done is None:
         if entry.get("manual") and not mirror:
-            raise MedzooError(f"'{name}' ({entry['method']}) is {entry['manual']}; then put the file in a mirror folder "
-                              f"as {entry['file']} (MEDZOO_UPSTREAM_MIRROR=/folder, docs/training.md). Published at "
-                              f"{entry['url']}")
+            raise MedzooError(f"'{name}' ({entry['method']}) is {entry['manual']}; then put the file in a mirror "
+                              f"folder as {entry['file']} (MEDZOO_UPSTREAM_MIRROR=/folder, docs/training.md). "
+                              f"Published at {entry['url']}")
         if not entry.get("sha256") and not trusted():
             raise MedzooError(f"'{name}' ({entry['method']}) has no published checksum: pass --trust-upstream (or "
                               f"set MEDZOO_TRUST_UPSTREAM=1) to download {entry['file']} once, pin its sha256 and "

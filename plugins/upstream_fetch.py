@@ -79,7 +79,8 @@ def file_name(url: str) -> str:
     return slug(name) or "download"
 
 
-def fetch(url: str, *, sha256: str | None = None, name: str | None = None, mirror_of: str | None = None) -> tuple[Path, str]:
+def fetch(url: str, *, sha256: str | None = None, name: str | None = None,
+          mirror_of: str | None = None) -> tuple[Path, str]:
     """The file at ``url`` in medzoo's cache, downloaded once (resuming a partial download) and verified.
 
     ``sha256``: the expected content (refused otherwise). Without it the first download pins the URL to what it

@@ -252,8 +252,8 @@ def make_medmnist(root: Path, flag: str = "breastmnist", size: int | None = 28, 
     arrays = {}
     s = size or 28
     for split, k in zip(("train", "val", "test"), n):
-        arrays[f"{split}_images"] = np.stack([pattern(seed * 1000 + {"train": 0, "val": 300, "test": 600}[split] + j, (s, s), channels)
-                                              for j in range(k)])
+        offset = seed * 1000 + {"train": 0, "val": 300, "test": 600}[split]
+        arrays[f"{split}_images"] = np.stack([pattern(offset + j, (s, s), channels) for j in range(k)])
         arrays[f"{split}_labels"] = (rng.integers(0, 2, size=(k, multilabel)) if multilabel
                                      else (np.arange(k) % labels).reshape(k, 1)).astype(np.uint8)
     root.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,12 @@ import json
 
 import numpy as np
 import pytest
-
-from medzoo.cache import CachedSource, PreprocessConfig, cache_key, fit_pair
-from medzoo.data import ArraySource, Record, open_dataset
-from medzoo.registry import MedzooError
-
 from datagen import make_head_ct, write_png
+
+from medzoo.cache import CachedSource, PreprocessConfig, cache_key, open_dataset
+from medzoo.data import ArraySource, Record
+from medzoo.registry import MedzooError
+from medzoo.resize import fit_pair
 
 
 def test_fit_pad_keeps_aspect_and_mask_alignment():
@@ -92,8 +92,8 @@ def test_old_breast_mask_flip_to_fields_read_as_steps(tmp_path):
 
 def test_cached_segmentation_through_torch_dataset_with_strong_augmentation(tmp_path):
     import torch
-
     from datagen import make_bcss
+
     from medzoo.data import TorchDataset, TransformConfig, augment_params, build_transform
 
     make_bcss(tmp_path)

@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from medzoo.data import (ArraySource, Record, TorchDataset, TransformConfig, assign_splits, build_transform,
-                         check_leakage, data_root, to_tensor)
+from medzoo.data import (
+    ArraySource,
+    Record,
+    TorchDataset,
+    TransformConfig,
+    assign_splits,
+    build_transform,
+    check_leakage,
+    data_root,
+    to_tensor,
+)
 from medzoo.registry import MedzooError
 
 
@@ -38,7 +47,8 @@ def test_planted_leak_is_caught():
 
 def test_data_root_error_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDZOO_DATA", str(tmp_path))
-    with pytest.raises(MedzooError, match=r"no data for 'chest_xray': looked in .*chest_xray \(MEDZOO_DATA\).*docs/datasets/chest_xray.md"):
+    with pytest.raises(MedzooError, match=r"no data for 'chest_xray': looked in .*chest_xray \(MEDZOO_DATA\)"
+                                          r".*docs/datasets/chest_xray.md"):
         data_root("chest_xray")
     (tmp_path / "x").mkdir()
     monkeypatch.setenv("MEDZOO_DATA_CHEST_XRAY", str(tmp_path / "x"))

@@ -6,17 +6,16 @@ import json
 import warnings
 
 import cv2
+import datagen as g
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import medzoo
 from medzoo import store
 from medzoo.data import open_dataset
 from medzoo.registry import MedzooError, MedzooWarning, registry
 from medzoo_plugins.imaging import read_dicom, read_image
-
-import datagen as g
-from conftest import run_cli
 
 TINY = ["epochs=1", "image_size=32", "batch_size=32"]
 
@@ -80,7 +79,8 @@ def test_data_root_matches_stages_with_an_argument_on_the_base_name(tmp_path):
                            data_roots={"medmnist": str(tmp_path / "medmnist")})
     assert results[0].dataset == "medmnist:pneumoniamnist"
     env = {"MEDZOO_HOME": str(tmp_path / "home")}
-    ok = run_cli("data", "check", "medmnist:pneumoniamnist", "--data-root", f"medmnist={tmp_path / 'medmnist'}", env=env)
+    ok = run_cli("data", "check", "medmnist:pneumoniamnist", "--data-root", f"medmnist={tmp_path / 'medmnist'}",
+                 env=env)
     assert ok.stdout.startswith("medmnist:pneumoniamnist: 20 images")
     # a bare PATH means a folder holding one folder per dataset, in data check as in train
     ok = run_cli("data", "check", "medmnist:pneumoniamnist", "--data-root", str(tmp_path), env=env)
@@ -111,7 +111,7 @@ def test_data_check_lists_and_counts_bad_files_in_one_line_errors(tmp_path):
 
 
 def test_labels_differing_only_by_case_warn(tmp_path):
-    for i, label in enumerate(["a", "b", "A", "b", "a", "b"]):
+    for i in range(6):
         g.write_png(tmp_path / f"{i}.png", g.pattern(i))
     (tmp_path / "labels.csv").write_text("path,label\n" + "".join(
         f"{i}.png,{label}\n" for i, label in enumerate(["a", "b", "A", "b", "a", "b"])))

@@ -1,12 +1,11 @@
 from collections import Counter
 
+import datagen as g
 import numpy as np
 import pytest
 
 from medzoo.data import check_leakage, open_dataset
 from medzoo.registry import MedzooError
-
-import datagen as g
 
 
 def _splits_by_patient(src):
@@ -73,7 +72,8 @@ def test_cbis_maps_nbia_tree_groups_patients_and_tells_crop_from_mask(tmp_path):
 
 def test_cbis_unknown_pathology_and_missing_image(tmp_path):
     g.make_cbis(tmp_path, bad_pathology=True)
-    with pytest.raises(MedzooError, match=r"mass_case_description_train_set.csv:\d+: unknown pathology 'BENIGN_OR_MAYBE'"):
+    with pytest.raises(MedzooError,
+                       match=r"mass_case_description_train_set.csv:\d+: unknown pathology 'BENIGN_OR_MAYBE'"):
         open_dataset("cbis_ddsm", tmp_path)
     import shutil
     shutil.rmtree(next((tmp_path / "CBIS-DDSM").glob("Calc-Test_P_00009_RIGHT_CC")))
@@ -132,7 +132,8 @@ def test_medmnist_npz_sizes_multilabel_and_errors(tmp_path):
     assert c.task == "multilabel" and len(c.records[0].label) == 14
     with pytest.raises(MedzooError, match="unknown MedMNIST flag 'pathmnsit'; did you mean 'pathmnist'"):
         open_dataset("medmnist:pathmnsit", tmp_path)
-    with pytest.raises(MedzooError, match=r"none of dermamnist_224.npz, .*dermamnist.npz in .*docs/datasets/medmnist.md"):
+    with pytest.raises(MedzooError,
+                       match=r"none of dermamnist_224.npz, .*dermamnist.npz in .*docs/datasets/medmnist.md"):
         open_dataset("medmnist:dermamnist", tmp_path)
 
 

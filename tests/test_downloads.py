@@ -229,7 +229,8 @@ def test_data_check_lists_what_is_missing(tmp_path):
     env = {"MEDZOO_HOME": str(tmp_path / "home"), "MEDZOO_DATA": str(tmp_path)}
     proc = run_cli("data", "check", "medmnist:breastmnist_64", env=env, check=False)
     assert proc.returncode == 1
-    assert f"{tmp_path / 'medmnist' / 'breastmnist_64.npz'} (`medzoo data download medmnist:breastmnist_64` fetches it)" in proc.stdout
+    npz = tmp_path / "medmnist" / "breastmnist_64.npz"
+    assert f"{npz} (`medzoo data download medmnist:breastmnist_64` fetches it)" in proc.stdout
     assert proc.stderr.strip().splitlines() == [
         "Error: medmnist:breastmnist_64: 1 expected item(s) missing (listed above); "
         "`medzoo data download medmnist:breastmnist_64` shows how to get them"]
@@ -272,7 +273,8 @@ def test_download_of_a_portal_dataset_prints_the_steps_and_fails(tmp_path):
     env = {"MEDZOO_HOME": str(tmp_path / "home"), "MEDZOO_DATA": str(tmp_path / "data")}
     proc = run_cli("data", "download", "inbreast", "cbis_ddsm_roi:mass", env=env, check=False)
     assert proc.returncode == 1
-    assert "inbreast: medzoo cannot download it for you" in proc.stdout and "INbreast Release 1.0/AllDICOMs" in proc.stdout
+    assert "inbreast: medzoo cannot download it for you" in proc.stdout
+    assert "INbreast Release 1.0/AllDICOMs" in proc.stdout
     assert "https://www.cancerimagingarchive.net/collection/cbis-ddsm/" in proc.stdout
     assert "(docs/datasets/README.md). Then run `medzoo data check cbis_ddsm_roi:mass`" in proc.stdout
     assert proc.stderr.strip().splitlines() == [

@@ -7,15 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from huggingface_hub import ModelCard
+from zoofixtures import ckpt, trained  # noqa: F401
 
 import medzoo
 from medzoo import cards, models, store
 from medzoo.evaluation import bootstrap_auc_ci, classification_report, evaluate
 from medzoo.registry import ArchSpec, DatasetSpec, MedzooError, registry
-
-from conftest import run_cli
-from zoofixtures import ckpt, trained  # noqa: F401
 
 
 def close(a, b, **kw):
@@ -211,7 +210,7 @@ def test_errors_gallery_lists_exactly_the_misclassified_images(ckpt):
     conf = {r["id"]: max(float(r["p_absent"]), float(r["p_present"])) for r in rows}
     assert [conf[i] for i in listed_wrong] == sorted((conf[i] for i in listed_wrong), reverse=True)
     listed_right = [i for kind, i in cards if kind == "right"]
-    rights = sorted((conf[r["id"]] for r in rows if r["label"] == r["predicted"]))[:5]
+    rights = sorted(conf[r["id"]] for r in rows if r["label"] == r["predicted"])[:5]
     assert shown == 5 and [conf[i] for i in listed_right] == pytest.approx(rights, abs=1e-6)
     # self-contained: three embedded PNGs per card (original, model input, Grad-CAM), nothing fetched
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)

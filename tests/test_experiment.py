@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BIN, run_cli
 
 from medzoo import experiment, report
 from medzoo.registry import MedzooError
-
-from conftest import BIN, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PHANTOM = ROOT / "experiments" / "phantom.yaml"
@@ -94,7 +93,8 @@ def test_report_has_a_table_per_target_with_p_values_and_rebuilds(grid_run, tmp_
     assert text.count("| arch | chain | auc | accuracy | f1 | rmse |") == 2
     assert text.count("| timm:test_resnet | scratch (baseline) |") == 2
     assert re.search(r"\| timm:test_resnet \| agg \| \d\.\d{3} ± \d\.\d{3} \(2\) \|", text)
-    comparisons = re.findall(r"\| timm:test_resnet \| agg \| (auc|accuracy|f1|rmse) \| .*? \| ([+-]\d\.\d{3}|–) \| (\S+) \| (\S+) \| 2 \|", text)
+    comparisons = re.findall(r"\| timm:test_resnet \| agg \| (auc|accuracy|f1|rmse) \| .*? "
+                             r"\| ([+-]\d\.\d{3}|–) \| (\S+) \| (\S+) \| 2 \|", text)
     assert len(comparisons) == 8  # 2 targets × 4 metrics
     p_values = [p for *_, pp, pi in comparisons for p in (pp, pi) if p != "n/a"]
     assert p_values and all(p == "<0.001" or 0 <= float(p) <= 1 for p in p_values)
@@ -147,8 +147,10 @@ runtime: {{precision: fp32}}
 
 
 @pytest.mark.parametrize("doc, message", [
-    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nseedz: [1]", "unknown key 'seedz'; did you mean 'seeds'"),
-    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nbaseline: b", "baseline 'b' is not a chain"),
+    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nseedz: [1]",
+     "unknown key 'seedz'; did you mean 'seeds'"),
+    ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nbaseline: b",
+     "baseline 'b' is not a chain"),
     ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet81]", "unknown architecture 'resnet81'"),
     ("chains: {a: [scratch]}\ntargets: [phantom_lesion]\narchs: [resnet18]\nrecipe: {phantom_lesion: {epoch: 1}}",
      "unknown recipe key 'epoch'"),
@@ -179,7 +181,8 @@ def test_cli_refuses_a_folder_of_another_grid(tmp_path):
 
 def test_shipped_grids_are_valid():
     light = experiment.load_grid(ROOT / "experiments" / "lightweight_multistage.yaml")
-    assert [c.stages for c in experiment.cells(light)][:2] == [["imagenet", "head_ct"], ["imagenet", "chest_xray", "head_ct"]]
+    assert [c.stages for c in experiment.cells(light)][:2] == [["imagenet", "head_ct"],
+                                                               ["imagenet", "chest_xray", "head_ct"]]
     assert light.recipe["chest_xray"] == {"batch_size": 16, "optimizer": "adam", "epochs": 20, "freeze": "top:2"}
     design = experiment.load_grid(ROOT / "experiments" / "two_stage_design.yaml")
     assert set(design.chains) == {"none", "imagenet", "medagg", "imagenet_medagg"} and design.baseline == "imagenet"

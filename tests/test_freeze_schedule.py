@@ -45,8 +45,8 @@ def seen(monkeypatch):
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_lr_scales_returned_at_every_epoch_are_applied(halving, seen, schedule):
-    medzoo.train("resnet18", "scratch,phantom_lesion", overrides=TINY + ["freeze=halving", f"schedule={schedule}",
-                                                                          "warmup_epochs=0", "lr=0.002"], precision="fp32")
+    medzoo.train("resnet18", "scratch,phantom_lesion", precision="fp32",
+                 overrides=TINY + ["freeze=halving", f"schedule={schedule}", "warmup_epochs=0", "lr=0.002"])
     assert [e for e, *_ in seen] == [0, 1, 2]
     base = None
     for epoch, lrs, steps, groups in seen:

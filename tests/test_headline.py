@@ -5,12 +5,11 @@ image size overridden), then ``medzoo.load`` of the medagg stage by name."""
 import json
 import time
 
+import datagen as g
 import pytest
 import torch
-from safetensors.torch import save_file
-
-import datagen as g
 from conftest import run_cli
+from safetensors.torch import save_file
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,22 @@
 """Data identity (what a stage trains on, computed by the core), leak-free medagg and chains, and the
 cleanup of temporary build folders left by killed builds (issues 12 and 13)."""
 
-import json
 import logging
 import os
 import subprocess
 
 import cv2
+import datagen as g
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import medzoo
 from medzoo import store
-from medzoo.cache import cache_home
-from medzoo.data import DataSource, Record, open_dataset
+from medzoo.cache import cache_home, open_dataset
+from medzoo.data import DataSource, Record
 from medzoo.registry import DatasetSpec, MedzooError, registry
 from medzoo_plugins.medagg_build import BuildConfig, build_medagg
-
-import datagen as g
-from conftest import run_cli
 
 TINY = ["epochs=1", "image_size=32", "batch_size=32", "freeze=full", "warmup_epochs=0"]
 
@@ -222,8 +220,8 @@ def test_stale_temp_folders_of_dead_builds_are_removed_live_ones_kept(tmp_path):
     # medagg builds beside --out: only that build's own dead temp folders go
     mine, theirs = tmp_path / f".agg.tmp-{dead.pid}-0a1b2c3d", tmp_path / f".other.tmp-{dead.pid}-0a1b2c3d"
     mine.mkdir(), theirs.mkdir()
-    build_medagg(BuildConfig([(f"imagefolder:{_folder(tmp_path / 'src', ['a/0.png', 'a/1.png', 'b/0.png', 'b/1.png'], 5)}",
-                               None)], tmp_path / "agg", size=16))
+    src = _folder(tmp_path / "src", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"], 5)
+    build_medagg(BuildConfig([(f"imagefolder:{src}", None)], tmp_path / "agg", size=16))
     assert not mine.exists() and theirs.exists()
 
 

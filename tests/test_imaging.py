@@ -1,12 +1,11 @@
 
 import numpy as np
 import pytest
+from datagen import mammogram, write_dicom
 from pydicom.data import get_testdata_file
 
 from medzoo.registry import MedzooError
 from medzoo_plugins.imaging import breast_mask, canonical_side, clahe, facing, read_dicom, read_image
-
-from datagen import mammogram, write_dicom
 
 
 def test_ct_small_rescale_and_full_range():

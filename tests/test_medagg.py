@@ -1,14 +1,13 @@
 import json
 
+import datagen as g
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from medzoo.data import open_dataset
 from medzoo.registry import MedzooError
 from medzoo_plugins.medagg_build import BuildConfig, HashIndex, build_medagg, waterfill
-
-import datagen as g
-from conftest import run_cli
 
 
 def _folder(root, counts, seed0=0, dup_of=None, blank=0, tiny=0):

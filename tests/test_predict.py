@@ -6,14 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import run_cli
+from datagen import make_inbreast
 
 import medzoo
 from medzoo import store
 from medzoo.evaluation import evaluate
 from medzoo.registry import MedzooError
-
-from conftest import run_cli
-from datagen import make_inbreast
 
 
 @pytest.fixture

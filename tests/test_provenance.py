@@ -7,17 +7,18 @@ import shutil
 import struct
 import tempfile
 
+import datagen as g
 import pytest
 import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
+from zoofixtures import ARCH, ckpt, hub, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
-import datagen as g
 import medzoo
-from medzoo import cards, hub as mzhub, store, trainer
+from medzoo import cards, store, trainer
+from medzoo import hub as mzhub
 from medzoo.cli import cli, weights_rows
 from medzoo.registry import MedzooError
-from zoofixtures import ARCH, ckpt, hub, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
 REPO = "lab/prov"
 

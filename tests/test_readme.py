@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,8 @@ ELSEWHERE = {
         "(medagg built from real layouts, an offline HF cache; epochs=1)",
     "medzoo experiment experiments/phantom.yaml --seeds 0,1":
         "tests/test_experiment.py::grid_run (the same grid and seeds through the CLI, killed and resumed)",
-    "medzoo report runs/phantom": "tests/test_experiment.py::test_report_has_a_table_per_target_with_p_values_and_rebuilds",
+    "medzoo report runs/phantom":
+        "tests/test_experiment.py::test_report_has_a_table_per_target_with_p_values_and_rebuilds",
     "medzoo experiment experiments/phantom.yaml --seeds 0 --log tensorboard,mlflow":
         "tests/test_tracking.py::test_a_grid_is_one_mlflow_experiment_and_one_tensorboard_folder_with_a_run_per_"
         "trained_stage (the same command, runs read back with MlflowClient and EventAccumulator)",

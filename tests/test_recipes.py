@@ -1,17 +1,16 @@
 """Shipped configuration is validated, not trusted: every dataset's default recipe, every grid in
 experiments/, and recipe values / CLI edge cases, all refused before anything trains."""
 
-import json
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 import medzoo
-from medzoo import recipe as mzrecipe, store
+from medzoo import recipe as mzrecipe
+from medzoo import store
 from medzoo.experiment import load_grid, plan
 from medzoo.registry import MedzooError, registry
-
-from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -3,14 +3,14 @@ import types
 
 import pytest
 import torch
+from conftest import run_cli
 
 import medzoo
 from medzoo import hookimpl
 from medzoo.registry import ArchSpec, DatasetSpec, MedzooError, MedzooPluginWarning, Registry
 
-from conftest import run_cli
-
-SHORT = ["swin_t", "resnet18", "resnet50", "densenet121", "mobilenetv2", "mobilenetv3", "efficientnet_b0", "inception_v3"]
+SHORT = ["swin_t", "resnet18", "resnet50", "densenet121", "mobilenetv2", "mobilenetv3", "efficientnet_b0",
+         "inception_v3"]
 
 
 def test_first_party_archs_and_sources_are_listed():

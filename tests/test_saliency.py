@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
+from zoofixtures import ckpt, trained  # noqa: F401
 
 from medzoo import models, saliency
 from medzoo.registry import MedzooError, registry
-
-from conftest import run_cli
-from zoofixtures import ckpt, trained  # noqa: F401
 
 
 def build(arch: str, size: int = 64, classes: int = 3, chans: int = 3):

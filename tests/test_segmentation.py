@@ -54,8 +54,10 @@ def test_swin_unetr_maps_swin_t_blocks_and_reports_the_share():
     assert "swinViT tensors" in transfer and "% of its parameters" in transfer
     own = net.state_dict()
     assert torch.equal(own["swinViT.layers3.0.blocks.5.mlp.linear2.weight"], cls["layers.2.blocks.5.mlp.fc2.weight"])
-    assert torch.equal(own["swinViT.layers2.0.downsample.reduction.weight"], cls["layers.2.downsample.reduction.weight"])
-    assert not torch.equal(own["swinViT.patch_embed.proj.weight"][:, :, :2, :2], cls["patch_embed.proj.weight"][:, :, :2, :2])
+    assert torch.equal(own["swinViT.layers2.0.downsample.reduction.weight"],
+                       cls["layers.2.downsample.reduction.weight"])
+    assert not torch.equal(own["swinViT.patch_embed.proj.weight"][:, :, :2, :2],
+                           cls["patch_embed.proj.weight"][:, :, :2, :2])
     with pytest.raises(MedzooError, match="not a Swin-T classifier"):
         ref.spec.load_parent(net, _randomised_classifier("resnet18"), keep_head=False, origin="resnet18 weights")
     with torch.no_grad():

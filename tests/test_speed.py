@@ -5,15 +5,15 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 
 import medzoo
-from medzoo import recipe as mzrecipe, speed, store
+from medzoo import recipe as mzrecipe
+from medzoo import speed, store
 from medzoo.data import open_dataset
 from medzoo.lineage import Lineage, SourceRecord
 from medzoo.registry import MedzooError, registry
 from medzoo.stage import Parent, Runtime, StageTrainer
-
-from conftest import run_cli
 
 # the two kinds of CPU the issue measured, as torch reports them
 EPYC_AVX2 = speed.Hardware(device="cpu", cpu_arch="x86_64", cpu_capability="AVX2", mkldnn_bf16=False,
@@ -73,7 +73,8 @@ def test_cli_workers_flag_refuses_junk_before_anything_runs():
 
 
 def test_lineage_records_the_precision_actually_used():
-    results = medzoo.train("resnet18", "scratch,phantom_lesion", overrides=["epochs=1", "image_size=32", "batch_size=32"])
+    results = medzoo.train("resnet18", "scratch,phantom_lesion",
+                           overrides=["epochs=1", "image_size=32", "batch_size=32"])
     lineage = json.loads((results[-1].path / store.CONFIG).read_text())["medzoo"]
     runtime = lineage["stages"][-1]["runtime"]
     hw = speed.detect("cpu")

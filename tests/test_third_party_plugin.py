@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import run_cli
 
 PLUGIN = '''
@@ -85,7 +84,8 @@ def test_installed_plugin_is_discovered(site):
     proc = run_cli("list", "archs", env=_env(site))
     assert "acme_net" in proc.stdout and "swin_t" in proc.stdout
     datasets = json.loads(run_cli("list", "datasets", "--json", env=_env(site)).stdout)
-    assert {"name": "acme_xray", "plugin": "medzoo_acme"}.items() <= {d["name"]: d for d in datasets}["acme_xray"].items()
+    listed = {d["name"]: d for d in datasets}["acme_xray"]
+    assert {"name": "acme_xray", "plugin": "medzoo_acme"}.items() <= listed.items()
     info = run_cli("info", "acme_net", env=_env(site)).stdout
     assert "plugin: medzoo_acme (package medzoo-acme 1.2.3)" in info and "Acme's tiny CNN" in info
     assert run_cli("acme", env=_env(site)).stdout.strip() == "hello from acme"
@@ -104,8 +104,9 @@ def test_installed_arch_trains_forward_in_process(site, monkeypatch):
     import importlib
 
     importlib.invalidate_caches()
-    import medzoo
     import torch
+
+    import medzoo
     from medzoo.registry import MedzooPluginWarning
 
     with pytest.warns(MedzooPluginWarning, match="medzoo_broken"):

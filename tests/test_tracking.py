@@ -8,14 +8,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import medzoo
 from medzoo import store
 from medzoo.registry import LoggerSpec, MedzooError, MedzooWarning, registry
-
-from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["epochs=2", "image_size=32", "batch_size=32"]

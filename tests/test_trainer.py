@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import BIN
 from safetensors.torch import load_file, save_file
 
 import medzoo
@@ -16,8 +17,6 @@ from medzoo import store
 from medzoo.data import DataSource
 from medzoo.models import block_groups, state_sha256
 from medzoo.registry import DatasetSpec, MedzooError, registry
-
-from conftest import BIN
 
 TINY = ["epochs=1", "image_size=32", "batch_size=32"]
 

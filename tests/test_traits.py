@@ -9,7 +9,8 @@ import torch
 from huggingface_hub import ModelCard
 
 import medzoo
-from medzoo import cards, hub as mzhub, models, speed, store
+from medzoo import cards, models, speed, store
+from medzoo import hub as mzhub
 from medzoo.plugin import ArchSpec, HubLayout
 from medzoo.registry import registry
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
+from upstream_server import serve
 
 import medzoo
 from medzoo import experiment, store
 from medzoo.models import create_model
 from medzoo.registry import MedzooError, registry
-from medzoo_plugins import upstream, upstream_fetch as fetching
-
-from conftest import run_cli
-from upstream_server import serve
+from medzoo_plugins import upstream
+from medzoo_plugins import upstream_fetch as fetching
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = "timm:test_resnet"  # a tiny ResNet with the same key naming as resnet50 (conv1/bn1/layerN.M/fc)
@@ -50,7 +50,8 @@ def _wrapped(fmt: str, sd: dict[str, torch.Tensor]) -> dict:
         sdict = {f"module.encoder_q.{k}": v for k, v in {**body, **proj}.items()}
         sdict.update({f"module.encoder_k.{k}": v.clone() for k, v in list(body.items())[:5]})
         sdict["module.queue"] = torch.randn(4, 16)
-        return {"epoch": 800, "arch": "resnet50", "state_dict": sdict, "optimizer": {"state": {}, "param_groups": [{"lr": 0.03}]}}
+        return {"epoch": 800, "arch": "resnet50", "state_dict": sdict,
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.03}]}}
     if fmt == "swav":  # SwAV / DeepCluster v2 / SeLa v2: DataParallel prefix, projection head, prototypes
         return {**{f"module.{k}": v for k, v in body.items()}, "module.projection_head.0.weight": torch.randn(8, 4),
                 "module.prototypes.weight": torch.randn(30, 4)}
@@ -77,7 +78,8 @@ def test_each_wrapper_format_converts_and_matches_every_backbone_tensor(tmp_path
     out = tmp_path / f"{fmt}.safetensors"
     result = fetching.convert_file(src, out, arch=TINY_ARCH, keymap=fmt)
     want = fetching.backbone_shapes(TINY_ARCH)
-    assert result.matched == result.total == len(want) and str(result).startswith(f"key map '{fmt}': matched {len(want)}/")
+    assert result.matched == result.total == len(want)
+    assert str(result).startswith(f"key map '{fmt}': matched {len(want)}/")
     converted = medzoo.models.load_safetensors(out)
     assert set(converted) == set(want)
     assert all(torch.equal(converted[k], sd[k]) for k in want)

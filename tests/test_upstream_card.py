@@ -11,12 +11,11 @@ import json
 
 import pytest
 import torch
+from upstream_server import serve
 
 import medzoo
 from medzoo import cards, store
 from medzoo.models import create_model
-
-from upstream_server import serve
 
 ARCH = "timm:test_resnet"
 CITATION = "Chen, Fan, Girshick, He. Improved Baselines with Momentum Contrastive Learning. arXiv:2003.04297, 2020"

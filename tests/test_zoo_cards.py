@@ -6,9 +6,9 @@ import zipfile
 from pathlib import Path
 
 from huggingface_hub import ModelCard
+from zoofixtures import ckpt, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
 from medzoo import cards, licenses, store
-from zoofixtures import ckpt, rewrite_config, trained  # noqa: F401 — pytest fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,13 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from conftest import run_cli
 from huggingface_hub import ModelCard
+from zoofixtures import ARCH, TOKEN, ckpt, hub, hub_env, rewrite_config, same_state, state_of, trained, variant  # noqa: F401 — pytest fixtures
 
 import medzoo
-from conftest import run_cli
-from medzoo import MedzooError, hub as mzhub, models, store
-from zoofixtures import (ARCH, TOKEN, ckpt, hub, hub_env, rewrite_config, same_state, state_of,  # noqa: F401 — pytest fixtures
-                         trained, variant)
+from medzoo import MedzooError, models, store
+from medzoo import hub as mzhub
 
 REPO = "lab/lesion-net"
 
@@ -31,7 +31,8 @@ def test_publish_then_load_with_medzoo_and_plain_timm(ckpt, hub):
     result = mzhub.publish(ckpt, REPO)
     repo = hub.repos[REPO]
     assert result.commit == repo.branches["main"] and result.url == f"{hub.url}/{REPO}"
-    assert sorted(repo.commits[result.commit].files) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert sorted(repo.commits[result.commit].files) == [".gitattributes", "README.md", "config.json",
+                                                         "model.safetensors"]
     assert all(auth == f"Bearer {TOKEN}" for method, _, auth in hub.requests if method == "POST")
 
     local = _local_state(ckpt)
@@ -52,7 +53,8 @@ def test_publish_then_load_with_medzoo_and_plain_timm(ckpt, hub):
     assert {"medical-imaging", "transfer-learning"} <= set(meta["tags"]) and meta["datasets"] == ["phantom_lesion"]
     assert card.data.eval_results[0].dataset_name == "phantom_lesion"
     assert {r.metric_type for r in card.data.eval_results} == {"auc", "accuracy"}
-    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card.text and "not for clinical use" in card.text.lower()
+    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card.text
+    assert "not for clinical use" in card.text.lower()
     published = json.loads(repo.commits[result.commit].files["config.json"])
     assert published == store.get_local(ckpt).full_config() and published["architecture"] == "test_resnet"
 
@@ -155,6 +157,7 @@ def test_refuses_checkpoints_without_metrics_unless_allowed(ckpt, hub):
 
 def test_failed_publish_leaves_the_checkpoint_intact(ckpt, hub, monkeypatch):
     import huggingface_hub.utils._http as hf_http
+
     from medzoo.cli import cli
 
     monkeypatch.setattr(hf_http.time, "sleep", lambda s: None)  # huggingface_hub retries a 500 with backoff
@@ -235,4 +238,5 @@ def test_offline_load_from_a_prepopulated_cache(ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env={**__import__("os").environ, **env},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "OK" in proc.stdout and "ERR hf-hub:lab/not-cached: config.json is not in the Hugging Face cache" in proc.stdout
+    assert "OK" in proc.stdout
+    assert "ERR hf-hub:lab/not-cached: config.json is not in the Hugging Face cache" in proc.stdout

@@ -7,11 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from zoofixtures import ckpt, rewrite_config, same_state, state_of, trained  # noqa: F401 — pytest fixtures
 
 import medzoo
-from medzoo import MedzooError, data as mzdata, models, store, zoo
+from medzoo import MedzooError, models, store, zoo
+from medzoo import data as mzdata
 from medzoo.registry import ArchSpec, registry
-from zoofixtures import ckpt, rewrite_config, same_state, state_of, trained  # noqa: F401 — pytest fixtures
 
 
 def _local_state(name):
@@ -143,12 +144,14 @@ def test_catalogue_lookup_pins_and_validates(ckpt, tmp_path, monkeypatch):
     from medzoo.cli import weights_rows
 
     rows = {r["name"]: r for r in weights_rows()}
-    assert rows["lesion-demo"]["where"] == f"hf-hub:lab/lesion@{'a' * 40}" and rows["lesion-demo"]["best"] == "auc 0.9000"
+    assert rows["lesion-demo"]["where"] == f"hf-hub:lab/lesion@{'a' * 40}"
+    assert rows["lesion-demo"]["best"] == "auc 0.9000"
     assert rows[ckpt]["where"].endswith(ckpt)
     # the name resolves to the catalogue's repo and revision (offline here: the error names both)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.raises(MedzooError, match=f"hf-hub:lab/lesion@{'a' * 40}: config.json is not in the Hugging Face cache"):
+    with pytest.raises(MedzooError,
+                       match=f"hf-hub:lab/lesion@{'a' * 40}: config.json is not in the Hugging Face cache"):
         medzoo.load("lesion-demo")
     cat.write_text("{not json")
     with pytest.raises(MedzooError, match="cat.json' is not valid JSON"):

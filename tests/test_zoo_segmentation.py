@@ -8,12 +8,13 @@ import huggingface_hub
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from datagen import make_bcss
 from huggingface_hub import ModelCard
+from zoofixtures import TOKEN, hub, same_state, state_of  # noqa: F401 — pytest fixtures
 
 import medzoo
-from datagen import make_bcss
-from medzoo import MedzooError, hub as mzhub, models, store
-from zoofixtures import TOKEN, hub, same_state, state_of  # noqa: F401 — pytest fixtures
+from medzoo import MedzooError, models, store
+from medzoo import hub as mzhub
 
 REPO = "lab/lesion-unet"
 FAST = dict(overrides=["epochs=1", "image_size=32"], precision="fp32")
@@ -88,7 +89,8 @@ def test_swin_unetr_publishes_medzoo_files_with_a_monai_recipe(tmp_path, monkeyp
     assert "library_name" not in card.data.to_dict() and "monai" in card.data.to_dict()["tags"]
     snippet = re.search(r"With plain monai.*?```python\n(.*?)```", card.text, re.S)[1]
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo, filename: str(tmp_path / "out" / filename) if repo == "lab/bcss-swin-unetr" else None)
+                        lambda repo, filename: str(tmp_path / "out" / filename)
+                        if repo == "lab/bcss-swin-unetr" else None)
     scope = {}
     exec(snippet, scope)
     assert same_state(state_of(scope["model"]), local)

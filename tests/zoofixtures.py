@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hubserver import HubServer
 
 TOKEN = "hf_zooTESTtoken0123456789secret"
@@ -92,7 +91,8 @@ def hub(tmp_path, monkeypatch):
 
     with HubServer(token=TOKEN) as server:
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HF_TOKEN", TOKEN)

@@ -13,8 +13,20 @@ import numpy as np
 import torch
 
 from medzoo.plugin import (
-    ArchSpec, DataSource, DatasetSpec, FreezePolicySpec, MedzooError, Record, SourceWeights, WeightSourceSpec,
-    assign_splits, bad_input, block_groups, data_root, did_you_mean, hookimpl,
+    ArchSpec,
+    DatasetSpec,
+    DataSource,
+    FreezePolicySpec,
+    MedzooError,
+    Record,
+    SourceWeights,
+    WeightSourceSpec,
+    assign_splits,
+    bad_input,
+    block_groups,
+    data_root,
+    did_you_mean,
+    hookimpl,
 )
 
 CLASSES = ("clear", "dots")
