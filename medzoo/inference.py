@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, store
+from . import store
+from ._version import __version__
 from .cache import PreprocessConfig, parallel_map
 from .data import DataSource, Record, bad_input, skipping_bad
 from .registry import MedzooError, registry

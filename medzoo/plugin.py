@@ -33,17 +33,18 @@ Errors and messages
 Data (a dataset's ``open(root=, arg=)`` returns a ``DataSource``)
     ``DataSource(name, task, classes, records, *, ignore_index=, meta=, source_files=, generated=)``: subclass it
     and implement ``read(record)`` (and ``read_mask`` for segmentation); ``prepare``/``domain_steps`` are its
-    preprocessing hooks (docs/plugins.md). ``ArraySource``: a DataSource over in-memory arrays indexed by
-    ``Record.meta['index']``. ``Record(id, label, split, patient, mask, meta, files)``: one image; ``label`` is
-    the class index (an int into ``classes``), a 0/1 list per class for multilabel, None for segmentation.
-    ``SPLITS``: ``("train", "val", "test")``. ``data_root(name, root)``: the dataset's folder from
+    preprocessing hooks (docs/plugins.md); ``in_memory()`` returns ``(images, masks)`` when the pixels are arrays in
+    memory (hashed whole for the data identity). ``ArraySource``: a DataSource over in-memory arrays indexed by
+    ``Record.meta['index']``. ``Record(id, label, split, patient, mask, meta, files)``: one image; ``label`` is the
+    class index (an int into ``classes``), a 0/1 list per class for multilabel, None for segmentation. ``SPLITS``:
+    ``("train", "val", "test")``. ``data_root(name, root)``: the dataset's folder from
     ``--data-root``/``MEDZOO_DATA_<NAME>``/``MEDZOO_DATA``, or a MedzooError linking to ``DatasetSpec.docs``.
-    ``parse_data_roots(values)``, ``root_for(roots, name)``, ``DATA_ROOT_HELP``: a command's own
-    ``--data-root`` option, read as ``medzoo train`` reads it. ``open_dataset(name, root)``: open and validate
-    a registered dataset (labels, classes, leakage), as training does. ``assign_splits(records, fractions,
-    seed)``: splits by patient; ``split_official(records)``: keeps an official test set, leak-free;
-    ``check_leakage(records, name)``: refuses a patient in two splits. ``bad_input(where, problem)``: an
-    unreadable file or row — raised as a MedzooError, or recorded and returned under ``--skip-bad``
+    ``parse_data_roots(values)``, ``root_for(roots, name)``, ``DATA_ROOT_HELP``: a command's own ``--data-root``
+    option, read as ``medzoo train`` reads it. ``open_dataset(name, root, preprocess=)``: open and validate a
+    registered dataset (labels, classes, leakage) as training does, preprocessed into the cache when asked.
+    ``assign_splits(records, fractions, seed)``: splits by patient; ``split_official(records)``: keeps an official
+    test set, leak-free; ``check_leakage(records, name)``: refuses a patient in two splits. ``bad_input(where,
+    problem)``: an unreadable file or row — raised as a MedzooError, or recorded and returned under ``--skip-bad``
     (``skipping_bad()`` is that context). ``file_digests(paths)``: content digests of files, cached by stat.
 
 Preprocessing and caches
@@ -83,6 +84,8 @@ Models and weights
 Files
     ``medzoo_home()``: ``$MEDZOO_HOME``; ``slug(text)``: a name part safe in file names; ``atomic_write(path,
     data)``: readers see the old content or the new, never a part.
+    ``swap_dir(tmp, final)``: move a completed folder into place, replacing the old one atomically (a
+    concurrent writer that got there first wins, with a MedzooError).
     ``download_file(url, dest, md5=)``: a resumable, md5-checked download into place (a dataset's
     ``download``); ``md5_file(path)``.
 
