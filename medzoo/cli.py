@@ -288,7 +288,7 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
               "specificity at this sensitivity (e.g. 0.9) instead of Youden's J.")
 @click.option("--target-specificity", type=float, help="Choose it as the highest sensitivity at this specificity.")
 @click.option("--store-threshold", is_flag=True, help="Replace the operating point stored in the checkpoint with the "
-              "one chosen now (a checkpoint without one stores its first).")
+              "one chosen now (a checkpoint without one stores its first, if chosen on its own dataset).")
 def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json, target_sensitivity,
              target_specificity, store_threshold):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""

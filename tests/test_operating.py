@@ -151,6 +151,25 @@ def test_evaluate_stores_the_validation_point_and_only_replaces_it_when_asked(ck
     assert f"| present | {new.thresholds['present']:.4f} |" in card and "| ece |" in card
 
 
+def test_a_threshold_chosen_on_another_dataset_is_stored_only_when_asked(ckpt, tmp_path, capsys):
+    import datagen as g
+
+    data, seed = tmp_path / "other", 0
+    for split, n in {"train": 4, "val": 6, "test": 6}.items():
+        for c in ("absent", "present"):
+            for i in range(n):
+                seed += 1
+                g.write_png(data / split / c / f"{i}.png", g.pattern(seed + (50 if c == "present" else 0), (40, 40)))
+    assert operating.read(store.get_local(ckpt).full_config()) is None
+    result = evaluate(ckpt, dataset=f"imagefolder:{data}", bootstrap=0)
+    report = result.details["operating_point"]
+    assert report["dataset"] == "imagefolder:other" and not report["stored"]
+    assert "not on the checkpoint's own dataset phantom_lesion; pass --store-threshold" in capsys.readouterr().out
+    assert operating.read(store.get_local(ckpt).full_config()) is None  # card and predict see no threshold
+    evaluate(ckpt, dataset=f"imagefolder:{data}", bootstrap=0, store_threshold=True)
+    assert operating.read(store.get_local(ckpt).full_config()).dataset == "imagefolder:other"
+
+
 def test_the_point_travels_with_publish_and_load(ckpt, hub):
     evaluate(ckpt, bootstrap=0)
     stored = operating.read(store.get_local(ckpt).full_config())
