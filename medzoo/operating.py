@@ -279,13 +279,16 @@ def calibration_report(probs: torch.Tensor, target: torch.Tensor, task: str, cla
     metrics = {k: point[k] for k in names}
     ci: dict[str, tuple[float, float]] = {}
     if resamples > 0:
-        ci = bootstrap(lambda p, t: {k: v for k, v in _figures_free(p, t, kind, classes).items() if "/" not in k},
-                       probs, target, groups=groups, resamples=resamples, seed=seed)["ci"]
+        # the per-class figures are computed for the macro mean anyway: their intervals cost only the quantiles
+        ci = bootstrap(lambda p, t: _figures_free(p, t, kind, classes), probs, target, groups=groups,
+                       resamples=resamples, seed=seed)["ci"]
         for k in names:
             metrics[f"{k}_ci_low"], metrics[f"{k}_ci_high"] = ci.get(k, (math.nan, math.nan))
     details: dict[str, Any] = {"ece_bins": ECE_BINS}
     if kind != "binary":
-        details["per_class_operating"] = {c: {k: point[f"{c}/{k}"] for k in names} for c in classes}
+        details["per_class_operating"] = {
+            c: {**{k: point[f"{c}/{k}"] for k in names},
+                **{f"{k}_ci": [*ci[f"{c}/{k}"]] for k in names if f"{c}/{k}" in ci}} for c in classes}
     return metrics, details
 
 

@@ -101,6 +101,15 @@ def test_multilabel_and_multiclass_are_per_class():
     per = details["per_class_operating"]
     assert close(per["a"]["sens_at_spec90"], 2 / 5) and per["b"]["sens_at_spec90"] == 1.0
     assert close(metrics["sens_at_spec90"], (2 / 5 + 1) / 2)  # macro over labels
+    # with resamples, each label's figures get their own interval (the issue: CIs per class, not only the macro)
+    _, details = calibration_report(probs, truth, "multilabel", ["a", "b"], groups=None, resamples=50, seed=0)
+    for c in ("a", "b"):
+        figs = details["per_class_operating"][c]
+        for k in ("sens_at_spec90", "spec_at_sens95", "ece"):
+            lo, hi = figs[f"{k}_ci"]
+            assert 0 <= lo <= hi <= 1
+    lo, hi = details["per_class_operating"]["a"]["ece_ci"]
+    assert lo < hi  # resampled, so not a point
     # multi-class: one-vs-rest thresholds are reported; the decision is the most probable class
     mc = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]], dtype=torch.float64)
     op = choose_point(mc, torch.tensor([0, 1, 2, 2]), "classification", ["x", "y", "z"], rule="youden", level=None,
