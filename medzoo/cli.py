@@ -278,7 +278,8 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the AUC's 95% CI (0: none).")
+@click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the 95% CIs of the AUC, the "
+              "operating-point figures and the ECE (0: none).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the results to OUT/DATASET-SPLIT/ (default: "
               "the checkpoint's eval/ folder; only then are they recorded for its model card).")
@@ -439,7 +440,8 @@ def card(name, repo_id, out, license_):
 @click.argument("name")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV to write: path, p_<class> per class, predicted (segmentation: path, mask).")
+              help="CSV to write: path, p_<class> per class, predicted, and decision at the "
+              "checkpoint's stored operating point when it has one (segmentation: path, mask).")
 @click.option("--masks", type=click.Path(file_okay=False), help="Segmentation: folder for the mask PNGs "
               "(default: OUT's name without .csv, plus -masks).")
 @click.option("--batch-size", default=32, show_default=True)
