@@ -322,12 +322,13 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
               "eval/errors-DATASET-SPLIT.html in the checkpoint).")
 @click.option("--saliency/--no-saliency", default=None, help="Show each image's Grad-CAM map for the predicted "
               "class (default: on when the saliency extra, pip install 'medzoo[saliency]', is installed).")
-def errors(name, dataset, split, right, data_roots, device, out, saliency):
+@click.option("--overwrite", is_flag=True, help="Replace the -o file even when it is not a gallery medzoo wrote.")
+def errors(name, dataset, split, right, data_roots, device, out, saliency, overwrite):
     """One self-contained HTML page of the images NAME got wrong (and the least confident right ones)."""
     from .gallery import gallery
 
     path, wrong, shown = gallery(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
-                                 right=right, out=out, saliency=saliency)
+                                 right=right, out=out, saliency=saliency, overwrite=overwrite)
     click.echo(f"{wrong} misclassified, {shown} least confident right ones: {path}")
 
 
