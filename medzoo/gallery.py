@@ -152,8 +152,8 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
             *[card(i, "wrong") for i in wrong], "</div>",
             f'<h2 id="right">Right but least confident ({len(ok)})</h2><div class="grid">',
             *[card(i, "right") for i in ok], "</div>"]
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{MARKER}<title>{html.escape(title)}</title><style>{CSS}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{MARKER}<title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     local = store.find_local(str(name))
     default = (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
     path = Path(out) if out else default / f"errors-{eval_folder(dataset, source)}-{split}.html"

@@ -237,7 +237,8 @@ def test_errors_gallery_decides_at_the_stored_operating_point_and_keeps_foreign_
     out = tmp_path / "errors.html"
     path, wrong, _ = gallery(ckpt, out=out, saliency=False)
     page = out.read_text()
-    listed = {i for kind, i in re.findall(r'<div class="card (wrong|right)" data-id="([^"]+)">', page) if kind == "wrong"}
+    cards = re.findall(r'<div class="card (wrong|right)" data-id="([^"]+)">', page)
+    listed = {i for kind, i in cards if kind == "wrong"}
     assert listed == mistakes and wrong == len(mistakes)
     assert "stored operating point" in page and f"p(present) ≥ {t:.4f}" in page
     # a file medzoo did not write is kept unless --overwrite; its own gallery is replaced
