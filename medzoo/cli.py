@@ -249,8 +249,10 @@ def _workers_option(ctx, param, value):
               "SQLite in $MEDZOO_HOME/mlruns).")
 @click.option("--experiment", "experiment_name", metavar="NAME", help="Group the runs under this experiment "
               "(default 'medzoo').")
+@click.option("--no-track-paths", is_flag=True, help="Send trackers no local path (checkpoint folder) and no error "
+              "text, only its type (same as MEDZOO_TRACK_PATHS=0).")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
-          skip_bad, allow_overlap, trust_upstream, log_, tracking_uri, experiment_name):
+          skip_bad, allow_overlap, trust_upstream, log_, tracking_uri, experiment_name, no_track_paths):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
     import os
 
@@ -259,6 +261,8 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 
     if trust_upstream:  # read by the weight source plugin, like --data-root's MEDZOO_DATA
         os.environ["MEDZOO_TRUST_UPSTREAM"] = "1"
+    if no_track_paths:  # read by the tracking plugin when a run ends
+        os.environ["MEDZOO_TRACK_PATHS"] = "0"
 
     if (tracking_uri or experiment_name) and not log_:
         raise MedzooError("--tracking-uri and --experiment say where --log sends runs; add --log mlflow (or "
@@ -348,12 +352,19 @@ def errors(name, dataset, split, right, data_roots, device, out, saliency, overw
               "(default: the grid's runtime 'log'); an MLflow experiment / a TensorBoard folder per grid.")
 @click.option("--tracking-uri", metavar="URI", help="The tracking server (MLflow; default MLFLOW_TRACKING_URI, else "
               "SQLite in $MEDZOO_HOME/mlruns).")
-def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check, log_, tracking_uri):
+@click.option("--no-track-paths", is_flag=True, help="Send trackers no local path (checkpoint folder) and no error "
+              "text, only its type (same as MEDZOO_TRACK_PATHS=0).")
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check, log_, tracking_uri,
+               no_track_paths):
     """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
 
     Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
+    import os
+
     from .experiment import load_grid, parse_seeds, plan, run_grid
 
+    if no_track_paths:  # read by the tracking plugin when a run ends
+        os.environ["MEDZOO_TRACK_PATHS"] = "0"
     if check:
         for line in plan(load_grid(grid, seeds=parse_seeds(seeds))):
             click.echo(line)

@@ -240,3 +240,12 @@ def test_track_paths_0_sends_no_local_path_and_no_error_text_to_mlflow(monkeypat
                      force=True)
     errors = [r.data.tags.get("medzoo.error", "") for r in client.search_runs([done.info.experiment_id])]
     assert any(str(secret) in e for e in errors)
+
+
+def test_train_no_track_paths_flag_leaves_the_checkpoint_path_out():
+    run_cli("train", ARCH, "--stages", "scratch,phantom_lesion", "--set", "epochs=1", "--set", "image_size=32",
+            "--precision", "fp32", "--log", "mlflow", "--no-track-paths")
+    client = _mlflow(store.home())
+    (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
+    assert run.info.status == "FINISHED" and "medzoo.checkpoint" in run.data.tags
+    assert "medzoo.checkpoint_path" not in run.data.tags
