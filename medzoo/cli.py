@@ -249,8 +249,10 @@ def _workers_option(ctx, param, value):
               "SQLite in $MEDZOO_HOME/mlruns).")
 @click.option("--experiment", "experiment_name", metavar="NAME", help="Group the runs under this experiment "
               "(default 'medzoo').")
+@click.option("--no-track-paths", is_flag=True, help="Send trackers no local path (checkpoint folder) and no error "
+              "text, only its type (same as MEDZOO_TRACK_PATHS=0).")
 def train(arch, stages, recipe_file, sets, force, device, precision, channels_last, compile_, workers, data_roots,
-          skip_bad, allow_overlap, trust_upstream, log_, tracking_uri, experiment_name):
+          skip_bad, allow_overlap, trust_upstream, log_, tracking_uri, experiment_name, no_track_paths):
     """Train ARCH through a chain of stages, one checkpoint per stage."""
     import os
 
@@ -259,6 +261,8 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 
     if trust_upstream:  # read by the weight source plugin, like --data-root's MEDZOO_DATA
         os.environ["MEDZOO_TRUST_UPSTREAM"] = "1"
+    if no_track_paths:  # read by the tracking plugin when a run ends
+        os.environ["MEDZOO_TRACK_PATHS"] = "0"
 
     if (tracking_uri or experiment_name) and not log_:
         raise MedzooError("--tracking-uri and --experiment say where --log sends runs; add --log mlflow (or "
@@ -278,7 +282,8 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
 @click.option("--data-root", "data_roots", multiple=True, metavar="[DATASET=]PATH", help=DATA_ROOT_HELP)
 @click.option("--device", help="cpu, cuda, cuda:N or mps (default: the best available).")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the AUC's 95% CI (0: none).")
+@click.option("--bootstrap", default=1000, show_default=True, help="Resamples for the 95% CIs of the AUC, the "
+              "operating-point figures and the ECE (0: none).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the results to OUT/DATASET-SPLIT/ (default: "
               "the checkpoint's eval/ folder; only then are they recorded for its model card).")
@@ -288,7 +293,7 @@ def train(arch, stages, recipe_file, sets, force, device, precision, channels_la
               "specificity at this sensitivity (e.g. 0.9) instead of Youden's J.")
 @click.option("--target-specificity", type=float, help="Choose it as the highest sensitivity at this specificity.")
 @click.option("--store-threshold", is_flag=True, help="Replace the operating point stored in the checkpoint with the "
-              "one chosen now (a checkpoint without one stores its first).")
+              "one chosen now (a checkpoint without one stores its first, if chosen on its own dataset).")
 def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, seed, out, as_json, target_sensitivity,
              target_specificity, store_threshold):
     """Score checkpoint NAME on a dataset split: metrics.json, predictions.csv, ROC/PR/confusion plots."""
@@ -321,12 +326,13 @@ def evaluate(name, dataset, split, data_roots, device, batch_size, bootstrap, se
               "eval/errors-DATASET-SPLIT.html in the checkpoint).")
 @click.option("--saliency/--no-saliency", default=None, help="Show each image's Grad-CAM map for the predicted "
               "class (default: on when the saliency extra, pip install 'medzoo[saliency]', is installed).")
-def errors(name, dataset, split, right, data_roots, device, out, saliency):
+@click.option("--overwrite", is_flag=True, help="Replace the -o file even when it is not a gallery medzoo wrote.")
+def errors(name, dataset, split, right, data_roots, device, out, saliency, overwrite):
     """One self-contained HTML page of the images NAME got wrong (and the least confident right ones)."""
     from .gallery import gallery
 
     path, wrong, shown = gallery(name, dataset=dataset, split=split, data_root=_data_roots(data_roots), device=device,
-                                 right=right, out=out, saliency=saliency)
+                                 right=right, out=out, saliency=saliency, overwrite=overwrite)
     click.echo(f"{wrong} misclassified, {shown} least confident right ones: {path}")
 
 
@@ -346,12 +352,19 @@ def errors(name, dataset, split, right, data_roots, device, out, saliency):
               "(default: the grid's runtime 'log'); an MLflow experiment / a TensorBoard folder per grid.")
 @click.option("--tracking-uri", metavar="URI", help="The tracking server (MLflow; default MLFLOW_TRACKING_URI, else "
               "SQLite in $MEDZOO_HOME/mlruns).")
-def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check, log_, tracking_uri):
+@click.option("--no-track-paths", is_flag=True, help="Send trackers no local path (checkpoint folder) and no error "
+              "text, only its type (same as MEDZOO_TRACK_PATHS=0).")
+def experiment(grid, seeds, out, device, precision, num_workers, data_roots, check, log_, tracking_uri,
+               no_track_paths):
     """Run a grid of archs × chains × targets × seeds (GRID.yaml), then write results.csv and report.md.
 
     Finished cells are skipped on a rerun (a killed grid resumes); a failed cell is reported and the grid goes on."""
+    import os
+
     from .experiment import load_grid, parse_seeds, plan, run_grid
 
+    if no_track_paths:  # read by the tracking plugin when a run ends
+        os.environ["MEDZOO_TRACK_PATHS"] = "0"
     if check:
         for line in plan(load_grid(grid, seeds=parse_seeds(seeds))):
             click.echo(line)
@@ -439,7 +452,8 @@ def card(name, repo_id, out, license_):
 @click.argument("name")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV to write: path, p_<class> per class, predicted (segmentation: path, mask).")
+              help="CSV to write: path, p_<class> per class, predicted, and decision at the "
+              "checkpoint's stored operating point when it has one (segmentation: path, mask).")
 @click.option("--masks", type=click.Path(file_okay=False), help="Segmentation: folder for the mask PNGs "
               "(default: OUT's name without .csv, plus -masks).")
 @click.option("--batch-size", default=32, show_default=True)

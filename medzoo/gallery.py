@@ -62,11 +62,15 @@ def _seen(x: torch.Tensor, mean, std) -> np.ndarray:
 
 def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_root=None, device: str | None = None,
             right: int = 16, out: str | Path | None = None, batch_size: int = 64,
-            saliency: bool | None = None) -> tuple[Path, int, int]:
+            saliency: bool | None = None, overwrite: bool = False) -> tuple[Path, int, int]:
     """Write the gallery; returns (path, number of mistakes, number of right answers shown).
 
     ``saliency``: show each model input's Grad-CAM map for the predicted class; None = when the ``saliency``
-    extra is installed (else one warning), True = required, False = never."""
+    extra is installed (else one warning), True = required, False = never. ``out``: an existing file there
+    is replaced only when it is a gallery medzoo wrote (its generator marker), or with ``overwrite``.
+
+    Right and wrong are the checkpoint's decision: at its stored operating point for a two-class model that
+    has one (as ``medzoo predict``'s ``decision`` column), else the most probable class; the page says which."""
     from . import saliency as sal
     from .cache import CachedSource
     from .devices import pick_device
@@ -75,6 +79,8 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
 
     if right < 0:
         raise MedzooError("--right must be ≥ 0")
+    if out is not None:
+        _may_write(Path(out), overwrite)
     asked = saliency
     if saliency is None:
         saliency = sal.available()
@@ -90,8 +96,17 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
                           "model (use `medzoo evaluate` for its metrics)")
     source, dataset = open_for(model, dataset, split, data_root)
     preds = predict(model, source, split, device=dev, batch_size=batch_size)
-    predicted = preds.predicted
-    conf = preds.probs.max(1).values
+    op = getattr(model, "medzoo_operating_point", None)
+    if op is not None and op.kind == "binary" and op.classes == list(preds.classes):
+        predicted = torch.tensor([preds.classes.index(d) for d in op.decide(preds.probs)])
+        pos = preds.classes[1]
+        rule = (f"Prediction = the decision at the checkpoint's stored operating point ({op.rule_text}, chosen on "
+                f"{op.dataset}/{op.split}): {pos} when p({pos}) ≥ {op.thresholds[pos]:.4f}, as `medzoo predict` "
+                f"decides; p = the predicted class's probability.")
+    else:
+        predicted = preds.predicted
+        rule = "Prediction = most probable class (at argmax; no stored operating point applies); p = its probability."
+    conf = preds.probs.gather(1, predicted.view(-1, 1).to(preds.probs.device)).view(-1)
     wrong = [i for i in range(len(predicted)) if predicted[i] != preds.target[i]]
     ok = [i for i in range(len(predicted)) if predicted[i] == preds.target[i]]
     wrong.sort(key=lambda i: -float(conf[i]))
@@ -130,20 +145,39 @@ def gallery(name: str, *, dataset: str | None = None, split: str = "test", data_
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>{len(wrong)} of {len(predicted)} images misclassified "
             f"(accuracy {1 - len(wrong) / len(predicted):.3f}). "
-            f"Prediction = most probable class; p = its probability. Model input = the evaluation transform's "
+            f"{html.escape(rule)} Model input = the evaluation transform's "
             f"tensor, de-normalised.{SALIENCY_NOTE if saliency else ''} "
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by medzoo errors.</p>",
             f'<h2 id="wrong">Misclassified ({len(wrong)}), most confident first</h2><div class="grid">',
             *[card(i, "wrong") for i in wrong], "</div>",
             f'<h2 id="right">Right but least confident ({len(ok)})</h2><div class="grid">',
             *[card(i, "right") for i in ok], "</div>"]
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{MARKER}<title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     local = store.find_local(str(name))
     default = (local.path / "eval" if local else store.home() / "evaluations" / store.slug(str(name)))
     path = Path(out) if out else default / f"errors-{eval_folder(dataset, source)}-{split}.html"
     store.atomic_write(path, page)
     return path, len(wrong), len(ok)
+
+
+# in every page medzoo writes, so `-o FILE` replaces only its own galleries without --overwrite
+MARKER = '<meta name="generator" content="medzoo errors">'
+
+
+def _may_write(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise MedzooError(f"-o {path} is a folder; give the HTML file to write")
+    if not path.exists() or overwrite:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError as exc:
+        raise MedzooError(f"-o {path}: cannot read the file already there ({exc.strerror})") from None
+    if MARKER not in head:
+        raise MedzooError(f"-o {path}: a file medzoo did not write is there; choose another file, or pass --overwrite "
+                          "to replace it")
 
 
 SALIENCY_NOTE = (" Grad-CAM = where the model's last feature stage supported the predicted class (red = most), "

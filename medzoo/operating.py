@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .naming import public_dataset
 from .registry import MedzooError
 
 KEY = "operating_point"  # top-level key of config.json
@@ -278,13 +279,16 @@ def calibration_report(probs: torch.Tensor, target: torch.Tensor, task: str, cla
     metrics = {k: point[k] for k in names}
     ci: dict[str, tuple[float, float]] = {}
     if resamples > 0:
-        ci = bootstrap(lambda p, t: {k: v for k, v in _figures_free(p, t, kind, classes).items() if "/" not in k},
-                       probs, target, groups=groups, resamples=resamples, seed=seed)["ci"]
+        # the per-class figures are computed for the macro mean anyway: their intervals cost only the quantiles
+        ci = bootstrap(lambda p, t: _figures_free(p, t, kind, classes), probs, target, groups=groups,
+                       resamples=resamples, seed=seed)["ci"]
         for k in names:
             metrics[f"{k}_ci_low"], metrics[f"{k}_ci_high"] = ci.get(k, (math.nan, math.nan))
     details: dict[str, Any] = {"ece_bins": ECE_BINS}
     if kind != "binary":
-        details["per_class_operating"] = {c: {k: point[f"{c}/{k}"] for k in names} for c in classes}
+        details["per_class_operating"] = {
+            c: {**{k: point[f"{c}/{k}"] for k in names},
+                **{f"{k}_ci": [*ci[f"{c}/{k}"]] for k in names if f"{c}/{k}" in ci}} for c in classes}
     return metrics, details
 
 
@@ -332,7 +336,14 @@ def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, sto
             print(f"[{lin.name}] no operating point: {exc}", flush=True)
             return None
         chosen_now = True
-    replace = chosen_now and can_store and (store_it or stored is None)
+    # a point chosen on another dataset's validation split is stored only when asked: it would become the
+    # checkpoint's permanent threshold (card, predict) for data it was not trained to
+    own = _own_dataset(lin)
+    foreign = own is not None and public_dataset(op.dataset) != own
+    replace = chosen_now and can_store and (store_it or (stored is None and not foreign))
+    if chosen_now and stored is None and can_store and foreign and not store_it:
+        print(f"[{lin.name}] reported, not stored: the threshold was chosen on {op.dataset}, not on the checkpoint's "
+              f"own dataset {own}; pass --store-threshold to store it", flush=True)
     applied = _applied(op, preds.probs, preds.target, groups=groups, resamples=resamples, seed=seed)
     if split == "test" and dataset == op.dataset and (replace or not chosen_now):
         op.test = _finite({"dataset": dataset, "split": split, "n_images": len(preds.records), "figures": applied})
@@ -343,6 +354,11 @@ def at_evaluation(model, source, split: str, preds, *, dataset: str, groups, sto
     report = {**op.to_dict(), "rule_text": op.rule_text, "stored": replace or (not chosen_now and can_store),
               "applied": {"dataset": dataset, "split": split, "n_images": len(preds.records), "figures": applied}}
     return op, report, replace or updated_test
+
+
+def _own_dataset(lin) -> str | None:
+    """The dataset of the checkpoint's last stage, named as evaluations name it; None when unknown."""
+    return public_dataset(lin.stages[-1].dataset) if getattr(lin, "stages", None) else None
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -249,6 +249,9 @@ def register_commands(cli):
             click.echo(f"  {len(bad_files)} unreadable image(s) of {len(src.records)}, left out with --skip-bad:")
             for problem in bad_files:
                 click.echo(f"    {problem}")
+        # what a reader found questionable but still reads (medmnist: an npz that is not the release file)
+        for problem in src.meta.get("warnings", []):
+            click.echo(f"medzoo: warning: {problem}", err=True)
 
     @group.command("download")
     @click.argument("names", nargs=-1, required=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -32,6 +33,10 @@ from medzoo.plugin import (
 
 from .imaging import recipe
 from .medmnist_release import BASE, MD5
+
+# what a release npz holds: train_images.npy, train_labels.npy, val_…, test_…
+MEMBER = re.compile(r"[a-z0-9_]+\.npy")
+MD5_FILE = "npz.md5"  # in the unpacked folder: the npz's md5, for the release check
 
 # flag -> (task, modality, body part, licence id, labels). The labels are those of the medmnist package's INFO
 # (3.0); INFO itself is used when the package is installed.
@@ -126,9 +131,16 @@ def unpack_npz(npz: Path) -> Path:
         except (zipfile.BadZipFile, OSError) as exc:
             raise MedzooError(f"{npz}: not a readable npz ({exc}); re-download it") from None
         with zf:
+            # a name is a path: '../x' or '/x' would write outside the cache, and a user-placed npz (or one in
+            # ~/.medmnist) was never md5-checked, so only the plain array names a release holds are unpacked
+            for member in zf.namelist():
+                if not MEMBER.fullmatch(member):
+                    raise MedzooError(f"{npz}: refusing its member {member!r}: a MedMNIST npz holds only plain "
+                                      f"<split>_<images|labels>.npy arrays; delete it and re-download it")
             for member in zf.namelist():
                 with zf.open(member) as src, open(tmp / member, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)  # streamed: never the whole array in memory
+        (tmp / MD5_FILE).write_text(_md5(npz))
         (tmp / "done").touch()
         if out.exists():
             shutil.rmtree(out)
@@ -138,6 +150,38 @@ def unpack_npz(npz: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def release_mismatch(npz: Path, arrays: Path, flag: str) -> str | None:
+    """One line when ``npz`` is not the published release file of its name (a user-placed or ~/.medmnist
+    copy is never checked at download); None when it is. The md5 is computed once per content, at unpacking."""
+    stem_size = npz.stem.partition("_")[2]
+    size = int(stem_size) if stem_size.isdigit() else 28
+    expected = MD5.get(flag, {}).get(size)
+    if expected is None:
+        return None
+    kept = arrays / MD5_FILE
+    if kept.is_file():
+        got = kept.read_text().strip()
+    else:  # unpacked before the md5 was kept
+        got = _md5(npz)
+        try:
+            kept.write_text(got)
+        except OSError:
+            pass
+    if got == expected:
+        return None
+    return (f"{npz}: md5 {got} is not the published {expected} of {npz.name}, so it is not the MedMNIST release "
+            f"file (medzoo still reads it, identified by its content); `medzoo data download "
+            f"medmnist:{npz.stem}` fetches the release into $MEDZOO_DATA/medmnist")
 
 
 def release_file(flag: str, size: int | None) -> tuple[str, str, str]:
@@ -190,6 +234,7 @@ def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
     npz = find_npz(_folder(root), flag, size)
     task, modality, body, license_, labels = flag_info(flag)
     arrays = unpack_npz(npz)
+    mismatch = release_mismatch(npz, arrays, flag)  # `data check` shows it; training reads the file as it is
     images, records = [], []
     for split in ("train", "val", "test"):
         try:
@@ -211,7 +256,7 @@ def open_medmnist(*, root=None, arg=None) -> MedmnistSource:
     return MedmnistSource(f"medmnist:{npz.stem}", task, labels, records, pixels, source_files=[npz], meta={
         "channels": 3 if images[0].ndim == 4 else 1, "modality": modality, "body_part": body, "license": license_,
         "license_url": url_of(license_) or "https://medmnist.com/",
-        "ordinal": flag == "retinamnist"})
+        "ordinal": flag == "retinamnist", "warnings": [mismatch] if mismatch else []})
 
 
 class _Concat:

@@ -26,6 +26,19 @@ def _need(module: str, extra: str, what: str):
                           f"pip install 'medzoo[{extra}]'") from None
 
 
+def track_paths() -> bool:
+    """False when ``MEDZOO_TRACK_PATHS`` is 0/false/no/off: trackers then get no local path (the checkpoint's
+    folder) and no error message (which may name files), only the error's type. A tracking URI may be a
+    shared server outside the hospital network."""
+    return os.environ.get("MEDZOO_TRACK_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _error(outcome: Outcome) -> str:
+    if track_paths():
+        return outcome.error
+    return outcome.error.split(":", 1)[0] + " (message left out: MEDZOO_TRACK_PATHS=0)"
+
+
 def _chain(lineage: dict[str, Any], stage: StageRun) -> str:
     """The chain as the lineage records it (public names: no local path), ending on this stage's dataset."""
     names = [str((lineage.get("source") or {}).get("name", "?"))]
@@ -68,14 +81,14 @@ class TensorBoardLogger:
 
         w, step = self.writer, outcome.epochs_run
         if outcome.status == "FINISHED":
-            w.add_text("checkpoint", f"{outcome.checkpoint}\n\n{outcome.path}\n\nweights sha256 "
-                                     f"{outcome.weights_sha256}", step)
+            where = f"\n\n{outcome.path}" if track_paths() else ""
+            w.add_text("checkpoint", f"{outcome.checkpoint}{where}\n\nweights sha256 {outcome.weights_sha256}", step)
             w.add_text("lineage", "```\n" + json.dumps(outcome.lineage, indent=2, default=str) + "\n```", step)
             if outcome.learning_curve is not None:
                 with Image.open(outcome.learning_curve) as im:
                     w.add_image("learning_curve", np.asarray(im.convert("RGB")), step, dataformats="HWC")
         else:
-            w.add_text("status", f"{outcome.status}: {outcome.error}", step)
+            w.add_text("status", f"{outcome.status}: {_error(outcome)}", step)
         w.close()
         self.writer = None
 
@@ -149,9 +162,11 @@ class MlflowLogger:
     def end(self, outcome: Outcome) -> None:
         run, c = self.run_id, self.client
         if outcome.status == "FINISHED":
-            for key, value in (("medzoo.checkpoint", outcome.checkpoint), ("medzoo.checkpoint_path", str(outcome.path)),
-                               ("medzoo.weights_sha256", outcome.weights_sha256),
-                               ("medzoo.best_epoch", str(outcome.best_epoch))):
+            tags = {"medzoo.checkpoint": outcome.checkpoint, "medzoo.weights_sha256": outcome.weights_sha256,
+                    "medzoo.best_epoch": str(outcome.best_epoch)}
+            if track_paths():
+                tags["medzoo.checkpoint_path"] = str(outcome.path)
+            for key, value in tags.items():
                 c.set_tag(run, key, value)
             if outcome.best is not None:
                 c.log_metric(run, f"best_val_{outcome.metric}", float(outcome.best), step=outcome.best_epoch or 0)
@@ -163,7 +178,7 @@ class MlflowLogger:
                 if path is not None:
                     c.log_artifact(run, str(path))
         else:
-            c.set_tag(run, "medzoo.error", outcome.error[:5000])
+            c.set_tag(run, "medzoo.error", _error(outcome)[:5000])
         c.set_terminated(run, status=outcome.status)
         self.run_id = None
 

@@ -283,3 +283,40 @@ def test_download_of_a_portal_dataset_prints_the_steps_and_fails(tmp_path):
     assert not (tmp_path / "data").exists()  # nothing created for a dataset it cannot fetch
     proc = run_cli("data", "download", "phantom_lesion", env=env, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("Error: 'phantom_lesion' has nothing to download: SYNTHETIC")
+
+
+@pytest.mark.parametrize("member", ["../escaped.npy", "/tmp/abs.npy", "sub/train_images.npy", "notes.txt"])
+def test_an_npz_with_a_path_member_is_refused_and_writes_nothing_outside(tmp_path, monkeypatch, member):
+    import zipfile
+
+    from medzoo.plugin import MedzooError, open_dataset
+
+    npz = g.make_medmnist(tmp_path / "data" / "medmnist", flag="pneumoniamnist")
+    monkeypatch.setenv("MEDZOO_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDZOO_DATA_MEDMNIST", raising=False)
+    with zipfile.ZipFile(npz, "a") as zf:
+        zf.writestr(member, b"x")
+    with pytest.raises(MedzooError, match=rf"{npz}: refusing its member '{member}'"):
+        open_dataset("medmnist:pneumoniamnist")
+    assert not (tmp_path / "escaped.npy").exists() and not (tmp_path / "data" / "escaped.npy").exists()
+    assert not (tmp_path / "abs.npy").exists() or member != "/tmp/abs.npy"
+    proc = run_cli("data", "check", "medmnist:pneumoniamnist", env={"MEDZOO_DATA": str(tmp_path / "data")},
+                   check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and f"refusing its member '{member}'" in proc.stderr
+
+
+def test_data_check_warns_when_a_placed_npz_is_not_the_release_file(tmp_path, monkeypatch):
+    npz = g.make_medmnist(tmp_path / "data" / "medmnist", flag="pneumoniamnist")
+    env = {"MEDZOO_HOME": str(tmp_path / "home"), "MEDZOO_DATA": str(tmp_path / "data")}
+    proc = run_cli("data", "check", "medmnist:pneumoniamnist", env=env)
+    published = medmnist_release.MD5["pneumoniamnist"][28]
+    got = hashlib.md5(npz.read_bytes()).hexdigest()
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("medzoo: warning:")]
+    assert len(warned) == 1 and f"{npz}: md5 {got} is not the published {published}" in warned[0], proc.stderr
+    assert proc.stdout.startswith("medmnist:pneumoniamnist: 20 images")  # still read, as training reads it
+    # the release file itself: no warning (the table made to match, as the mirror fixture does)
+    monkeypatch.setitem(medmnist_release.MD5["pneumoniamnist"], 28, got)
+    monkeypatch.setenv("MEDZOO_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDZOO_DATA_MEDMNIST", raising=False)
+    res = _invoke("data", "check", "medmnist:pneumoniamnist")
+    assert res.exit_code == 0 and "is not the published" not in res.output

@@ -221,6 +221,39 @@ def test_errors_gallery_lists_exactly_the_misclassified_images(ckpt):
     assert proc.returncode == 1 and "unknown dataset 'nope'" in proc.stderr
 
 
+def test_errors_gallery_decides_at_the_stored_operating_point_and_keeps_foreign_files(ckpt, tmp_path):
+    import re
+
+    from medzoo import operating
+    from medzoo.gallery import gallery
+
+    result = evaluate(ckpt, bootstrap=0)  # stores the validation (Youden) point
+    t = operating.read(store.get_local(ckpt).full_config()).thresholds["present"]
+    rows = list(csv.DictReader(open(result.out_dir / "predictions.csv")))
+    decided = {r["id"]: "1" if float(r["p_present"]) >= t else "0" for r in rows}
+    mistakes = {r["id"] for r in rows if r["label"] != decided[r["id"]]}
+    argmax_mistakes = {r["id"] for r in rows if r["label"] != r["predicted"]}
+    assert mistakes != argmax_mistakes, "the threshold should move some decisions, or this test checks nothing"
+    out = tmp_path / "errors.html"
+    path, wrong, _ = gallery(ckpt, out=out, saliency=False)
+    page = out.read_text()
+    cards = re.findall(r'<div class="card (wrong|right)" data-id="([^"]+)">', page)
+    listed = {i for kind, i in cards if kind == "wrong"}
+    assert listed == mistakes and wrong == len(mistakes)
+    assert "stored operating point" in page and f"p(present) ≥ {t:.4f}" in page
+    # a file medzoo did not write is kept unless --overwrite; its own gallery is replaced
+    gallery(ckpt, out=out, saliency=False)
+    mine = tmp_path / "report.html"
+    mine.write_text("<html>my notes</html>")
+    with pytest.raises(MedzooError, match=r"report.html: a file medzoo did not write is there; .* --overwrite"):
+        gallery(ckpt, out=mine, saliency=False)
+    assert mine.read_text() == "<html>my notes</html>"
+    proc = run_cli("errors", ckpt, "-o", str(mine), "--no-saliency", check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and mine.read_text() == "<html>my notes</html>"
+    run_cli("errors", ckpt, "-o", str(mine), "--no-saliency", "--overwrite")
+    assert "my notes" not in mine.read_text() and "medzoo errors" in mine.read_text()
+
+
 def test_out_folder_keeps_its_other_files_and_records_nothing(ckpt, tmp_path):
     res = tmp_path / "results"
     res.mkdir()

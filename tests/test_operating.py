@@ -101,6 +101,15 @@ def test_multilabel_and_multiclass_are_per_class():
     per = details["per_class_operating"]
     assert close(per["a"]["sens_at_spec90"], 2 / 5) and per["b"]["sens_at_spec90"] == 1.0
     assert close(metrics["sens_at_spec90"], (2 / 5 + 1) / 2)  # macro over labels
+    # with resamples, each label's figures get their own interval (the issue: CIs per class, not only the macro)
+    _, details = calibration_report(probs, truth, "multilabel", ["a", "b"], groups=None, resamples=50, seed=0)
+    for c in ("a", "b"):
+        figs = details["per_class_operating"][c]
+        for k in ("sens_at_spec90", "spec_at_sens95", "ece"):
+            lo, hi = figs[f"{k}_ci"]
+            assert 0 <= lo <= hi <= 1
+    lo, hi = details["per_class_operating"]["a"]["ece_ci"]
+    assert lo < hi  # resampled, so not a point
     # multi-class: one-vs-rest thresholds are reported; the decision is the most probable class
     mc = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]], dtype=torch.float64)
     op = choose_point(mc, torch.tensor([0, 1, 2, 2]), "classification", ["x", "y", "z"], rule="youden", level=None,
@@ -149,6 +158,25 @@ def test_evaluate_stores_the_validation_point_and_only_replaces_it_when_asked(ck
     card = cards.render(store.get_local(ckpt), repo_id="lab/x")
     assert "### Operating point" in card and "highest specificity at sensitivity ≥ 0.9" in card
     assert f"| present | {new.thresholds['present']:.4f} |" in card and "| ece |" in card
+
+
+def test_a_threshold_chosen_on_another_dataset_is_stored_only_when_asked(ckpt, tmp_path, capsys):
+    import datagen as g
+
+    data, seed = tmp_path / "other", 0
+    for split, n in {"train": 4, "val": 6, "test": 6}.items():
+        for c in ("absent", "present"):
+            for i in range(n):
+                seed += 1
+                g.write_png(data / split / c / f"{i}.png", g.pattern(seed + (50 if c == "present" else 0), (40, 40)))
+    assert operating.read(store.get_local(ckpt).full_config()) is None
+    result = evaluate(ckpt, dataset=f"imagefolder:{data}", bootstrap=0)
+    report = result.details["operating_point"]
+    assert report["dataset"] == "imagefolder:other" and not report["stored"]
+    assert "not on the checkpoint's own dataset phantom_lesion; pass --store-threshold" in capsys.readouterr().out
+    assert operating.read(store.get_local(ckpt).full_config()) is None  # card and predict see no threshold
+    evaluate(ckpt, dataset=f"imagefolder:{data}", bootstrap=0, store_threshold=True)
+    assert operating.read(store.get_local(ckpt).full_config()).dataset == "imagefolder:other"
 
 
 def test_the_point_travels_with_publish_and_load(ckpt, hub):

@@ -205,3 +205,47 @@ def test_a_tracking_uri_without_log_is_refused_rather_than_ignored():
                    check=False)
     assert proc.returncode == 1 and "add --log mlflow" in proc.stderr
     assert not store.checkpoints_dir().exists()
+
+
+class _CtrlCWithPath(_CtrlC):
+    def __init__(self, path):
+        self.path = path
+
+    def log_epoch(self, epoch, metrics):
+        raise KeyboardInterrupt(f"while reading {self.path}")
+
+
+def test_track_paths_0_sends_no_local_path_and_no_error_text_to_mlflow(monkeypatch):
+    monkeypatch.setenv("MEDZOO_TRACK_PATHS", "0")
+    home = store.home()
+    result = medzoo.train(ARCH, "scratch,phantom_lesion", overrides=["epochs=1", "image_size=32", "batch_size=32"],
+                          precision="fp32", log="mlflow")[-1]
+    secret = home / "patients" / "P0001.dcm"
+    registry().add("loggers", LoggerSpec("ctrl_c_path", lambda info: _CtrlCWithPath(secret)), "test")
+    with pytest.raises(KeyboardInterrupt):
+        medzoo.train(ARCH, "scratch,phantom_lesion", overrides=TINY, precision="fp32", log="mlflow,ctrl_c_path",
+                     force=True)
+    client = _mlflow(home)
+    runs = {r.info.status: r for r in client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])}
+    done, killed = runs["FINISHED"], runs["KILLED"]
+    assert done.data.tags["medzoo.checkpoint"] == result.name and "medzoo.checkpoint_path" not in done.data.tags
+    assert killed.data.tags["medzoo.error"] == "KeyboardInterrupt (message left out: MEDZOO_TRACK_PATHS=0)"
+    for run in (done, killed):  # nothing sent names the local home (the checkpoint folder, the file)
+        sent = json.dumps([run.data.tags, run.data.params])
+        assert str(home) not in sent and "P0001" not in sent
+    # by default both are sent (what docs/tracking.md says)
+    monkeypatch.delenv("MEDZOO_TRACK_PATHS")
+    with pytest.raises(KeyboardInterrupt):
+        medzoo.train(ARCH, "scratch,phantom_lesion", overrides=TINY, precision="fp32", log="mlflow,ctrl_c_path",
+                     force=True)
+    errors = [r.data.tags.get("medzoo.error", "") for r in client.search_runs([done.info.experiment_id])]
+    assert any(str(secret) in e for e in errors)
+
+
+def test_train_no_track_paths_flag_leaves_the_checkpoint_path_out():
+    run_cli("train", ARCH, "--stages", "scratch,phantom_lesion", "--set", "epochs=1", "--set", "image_size=32",
+            "--precision", "fp32", "--log", "mlflow", "--no-track-paths")
+    client = _mlflow(store.home())
+    (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
+    assert run.info.status == "FINISHED" and "medzoo.checkpoint" in run.data.tags
+    assert "medzoo.checkpoint_path" not in run.data.tags
