@@ -25,7 +25,7 @@ import torch
 from .lineage import MAX_CLASSES, Lineage, bounded_int
 from .models import stock_timm_name
 from .naming import is_path_arg, public_dataset, public_source  # noqa: F401 — store's naming API too
-from .registry import MedzooError, Ref, did_you_mean
+from .registry import MedzooError, Ref, did_you_mean, registry
 
 CONFIG = "config.json"
 _UMASK = os.umask(0)
@@ -77,11 +77,14 @@ def dataset_part(dataset: str, fingerprint: str = "") -> str:
 
 
 def source_suffix(source_name: str, source_tag: str) -> str:
-    """How a chain's first weights show in its name; the default ImageNet weights show as nothing."""
+    """How a chain's first weights show in its name, as the source's spec says: the default source without an
+    argument as nothing; a ``named_by_hash`` one by the weights' hash in the tag (no path or URL, the same name
+    for the same bytes); any other by its whole ``name:arg``."""
     base, _, arg = source_name.partition(":")
-    if base == "imagenet" and not arg:
+    spec = registry().entries["sources"].get(base)
+    if spec is not None and spec.default and not arg:
         return ""
-    if base in ("file", "url"):  # by the weights' hash (in the tag): no path or URL, the same for the same bytes
+    if spec is not None and spec.named_by_hash:
         return "." + slug(source_tag.replace(":", "_"))
     return "." + bounded(slug(source_name.replace(":", "_").replace("/", "--")))
 
