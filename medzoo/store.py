@@ -259,7 +259,7 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
     model_args: dict[str, Any] = {}
     if chans != 3:
         model_args["in_chans"] = chans
-    if "img_size" in _fixed_size_args(arch_ref, size):
+    if arch_ref.spec.fixed_input_size:  # always: the spec's input_size is display-only, not the model's default
         model_args["img_size"] = size
     if arch_ref.spec.task == "segmentation":  # not a timm model: medzoo.load builds it from the lineage
         config = {"architecture": arch_ref.name, "library": type(model).__module__.split(".")[0],
@@ -274,11 +274,6 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
     if model_args:
         config["model_args"] = model_args
     return config
-
-
-def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
-    default = arch_ref.spec.input_size[-1]
-    return {"img_size": size} if arch_ref.spec.fixed_input_size and size != default else {}
 
 
 # -- reading the store --------------------------------------------------------------------------
