@@ -17,8 +17,8 @@ TEMPLATES = {"classification": "classification.md", "multilabel": "classificatio
 PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
                  "segmentation": "image-segmentation"}
 
+# the architecture's library is cited by its hub layout (``HubLayout.citation``), the weights by their source
 METHOD_CITATIONS = [
-    "Wightman, PyTorch Image Models (timm), https://github.com/huggingface/pytorch-image-models, 2019.",
     "Ke et al., CheXtransfer: Performance and Parameter Efficiency of ImageNet Models for Chest X-Ray "
     "Interpretation, ACM CHIL 2021.",
     "Mei et al., RadImageNet: An Open Radiologic Deep Learning Research Dataset for Effective Transfer "
@@ -41,14 +41,18 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def base_model(lineage: Lineage) -> str | None:
-    """The Hub id of the chain's starting weights, when they have one."""
-    name, tag = lineage.source.name, lineage.source.tag
-    if name.startswith("imagenet") and lineage.timm_name:
-        upstream = tag.partition(":")[2]
-        return f"timm/{lineage.timm_name}" + (f".{upstream}" if upstream and upstream != "default" else "")
-    if name.startswith("hf-hub:"):
-        return name[len("hf-hub:"):].partition("@")[0]
-    return None
+    """The Hub id of the chain's starting weights, when their source's spec names one."""
+    spec = _source_spec(lineage.source)
+    if spec is None or spec.base_model is None:
+        return None
+    return spec.base_model(arg=lineage.source.name.partition(":")[2] or None, tag=lineage.source.tag,
+                           timm_name=lineage.timm_name)
+
+
+def _source_spec(source: SourceRecord):
+    """The registered spec of the source a chain started from (None: a stored checkpoint's name, or a source
+    whose plugin is not installed here)."""
+    return registry().entries["sources"].get(source.name.partition(":")[0])
 
 
 def card_license(ckpt: store.Checkpoint, override: str | None = None) -> str:
@@ -230,13 +234,8 @@ def evaluation_metrics(ckpt: store.Checkpoint) -> dict[str, Any]:
 
 
 def _source_note(source: SourceRecord) -> str:
-    name = source.name
-    if name.startswith("imagenet"):
-        return ("The chain started from timm's ImageNet weights; ImageNet's terms of access restrict "
-                "commercial use, so check them before any commercial use of these weights.")
-    if name.startswith("hf-hub:"):
-        return f"The chain started from {name}; its license applies too."
-    return ""
+    spec = _source_spec(source)
+    return spec.terms_note.replace("{name}", source.name) if spec is not None else ""
 
 
 def _citations(ckpt: store.Checkpoint, stages: list[StageRecord]) -> list[str]:

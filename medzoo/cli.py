@@ -89,6 +89,8 @@ def list_cmd(kind, as_json):
     rows = []
     for s in registry().list(kind):
         rows.append(spec_dict(s))
+        if getattr(s, "default", False) and kind == "sources":
+            rows[-1]["description"] = f"(the default when --stages names no source) {s.description}"
         for arg, line in getattr(s, "choices", {}).items():  # e.g. every catalogue entry of `ssl:<method>`
             rows.append({"name": f"{s.name}:{arg}", "plugin": s.plugin, "description": line})
     if as_json:
@@ -220,8 +222,8 @@ def _workers_option(ctx, param, value):
 
 @cli.command()
 @click.argument("arch")
-@click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. imagenet,DATASET1,DATASET2 "
-              "(no source = imagenet first).")
+@click.option("--stages", required=True, help="SOURCE,DATASET[,DATASET…], e.g. SOURCE,DATASET1,DATASET2 "
+              "(no source = the default one first; `medzoo list sources` marks it).")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML: a section per stage "
               "(and 'defaults') of recipe keys.")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a recipe key "

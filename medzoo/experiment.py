@@ -96,8 +96,9 @@ def load_grid(path: str | Path, *, seeds: list[int] | None = None, check: bool =
                                f"(keys: {', '.join(GRID_KEYS)})")
     chains = doc.get("chains")
     if not isinstance(chains, dict) or not chains:
+        src = registry().default_source()
         raise _fail(where, "needs 'chains': a mapping of chain name -> stages before the target, e.g. "
-                           "{imagenet: [imagenet], pretrain: [imagenet, DATASET]}")
+                           f"{{{src}: [{src}], pretrain: [{src}, DATASET]}}")
     chains = {str(k): _names(v, where, f"chains.{k}") for k, v in chains.items()}
     baseline = str(doc.get("baseline", next(iter(chains))))
     if baseline not in chains:
@@ -218,7 +219,11 @@ def _check_runtime(runtime: dict[str, Any], where: str) -> None:
 
 
 def _check_source(stages: list[str], datasets: list[str], where: str) -> None:
-    if len(datasets) == len(stages):  # no source named: the chain starts from imagenet
+    if len(datasets) == len(stages):  # no source named: the chain starts from the default source
+        try:
+            registry().default_source()
+        except MedzooError as exc:
+            raise _fail(where, str(exc)) from None
         return
     first = stages[0]
     if store.find_local(first) is None:
@@ -233,7 +238,7 @@ def plan(grid: Grid) -> list[str]:
     lines, stages = [], set()
     for cell in cells(grid):
         datasets = _datasets(cell.stages)
-        source = cell.stages[0] if len(datasets) < len(cell.stages) else "imagenet"
+        source = cell.stages[0] if len(datasets) < len(cell.stages) else registry().default_source()
         for i in range(1, len(datasets) + 1):
             part = {d: cell.overrides.get(d, {}) for d in datasets[:i]}
             stages.add(json.dumps([cell.arch, source, datasets[:i], cell.overrides.get(mzrecipe.FILE_DEFAULTS_SECTION),

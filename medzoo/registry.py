@@ -165,6 +165,15 @@ class WeightSourceSpec:
     choices: Mapping[str, str] = field(default_factory=dict)  # known arguments -> one line each (`list sources`)
     details: Callable[[str | None], Mapping[str, str]] | None = None  # `medzoo info NAME[:ARG]`: provenance lines
     plugin: str = ""
+    # where a chain that names no source starts (``--stages DATASET,…``); exactly one registered source says so
+    default: bool = False
+    # how it shows in checkpoint names: the whole ``name:arg`` (slugged) by default; the default source without an
+    # argument shows as nothing; True: by the weights' hash in the tag instead of the argument (a path or URL)
+    named_by_hash: bool = False
+    # the model card's ``base_model`` (a Hub id): called as ``base_model(arg=, tag=, timm_name=)``, None for none
+    base_model: Callable[..., str | None] | None = None
+    # the model card's note on the source's terms; ``{name}`` is replaced by the source as the chain named it
+    terms_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -419,6 +428,16 @@ class Registry:
         if arg and getattr(spec, "for_arg", None) is not None:
             spec = replace(spec, **spec.for_arg(arg))
         return Ref(spec=spec, arg=arg or None, options=options, name=name)
+
+    def default_source(self) -> str:
+        """The weight source a chain starts from when it names none (the one spec with ``default=True``)."""
+        found = [s for s in self.entries["sources"].values() if s.default]
+        if len(found) != 1:
+            which = ", ".join(f"'{s.name}' (plugin '{s.plugin}')" for s in found) or "none is"
+            raise MedzooError(f"exactly one weight source must be the default for chains that name none, and "
+                              f"{which}{' are' if found else ''} marked default; name the source first in "
+                              "--stages (`medzoo list sources` shows them)")
+        return found[0].name
 
     def _suggest(self, kind: str, base: str) -> str:
         names = [display_name(s) for s in self.entries[kind].values()]

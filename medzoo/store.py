@@ -25,7 +25,7 @@ import torch
 from .lineage import MAX_CLASSES, Lineage, bounded_int
 from .models import stock_timm_name
 from .naming import is_path_arg, public_dataset, public_source  # noqa: F401 — store's naming API too
-from .registry import MedzooError, Ref, did_you_mean
+from .registry import MedzooError, Ref, did_you_mean, registry
 
 CONFIG = "config.json"
 _UMASK = os.umask(0)
@@ -77,11 +77,14 @@ def dataset_part(dataset: str, fingerprint: str = "") -> str:
 
 
 def source_suffix(source_name: str, source_tag: str) -> str:
-    """How a chain's first weights show in its name; the default ImageNet weights show as nothing."""
+    """How a chain's first weights show in its name, as the source's spec says: the default source without an
+    argument as nothing; a ``named_by_hash`` one by the weights' hash in the tag (no path or URL, the same name
+    for the same bytes); any other by its whole ``name:arg``."""
     base, _, arg = source_name.partition(":")
-    if base == "imagenet" and not arg:
+    spec = registry().entries["sources"].get(base)
+    if spec is not None and spec.default and not arg:
         return ""
-    if base in ("file", "url"):  # by the weights' hash (in the tag): no path or URL, the same for the same bytes
+    if spec is not None and spec.named_by_hash:
         return "." + slug(source_tag.replace(":", "_"))
     return "." + bounded(slug(source_name.replace(":", "_").replace("/", "--")))
 
@@ -256,7 +259,7 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
     model_args: dict[str, Any] = {}
     if chans != 3:
         model_args["in_chans"] = chans
-    if "img_size" in _fixed_size_args(arch_ref, size):
+    if arch_ref.spec.fixed_input_size:  # always: the spec's input_size is display-only, not the model's default
         model_args["img_size"] = size
     if arch_ref.spec.task == "segmentation":  # not a timm model: medzoo.load builds it from the lineage
         config = {"architecture": arch_ref.name, "library": type(model).__module__.split(".")[0],
@@ -271,11 +274,6 @@ def timm_config(model, arch_ref: Ref, classes, recipe: dict, tcfg: Any, name: st
     if model_args:
         config["model_args"] = model_args
     return config
-
-
-def _fixed_size_args(arch_ref: Ref, size: int) -> dict:
-    default = arch_ref.spec.input_size[-1]
-    return {"img_size": size} if arch_ref.spec.fixed_input_size and size != default else {}
 
 
 # -- reading the store --------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     text = stages if isinstance(stages, str) else ",".join(stages)
     stages = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else [str(s).strip() for s in stages]
     if not any(stages):
-        raise MedzooError("--stages is empty; write e.g. --stages imagenet,DATASET1,DATASET2 "
+        raise MedzooError(f"--stages is empty; write e.g. --stages {registry().default_source()},DATASET1,DATASET2 "
                           "(`medzoo list datasets` names them)")
     if not all(stages):
         where = stages.index("") + 1
@@ -59,7 +59,7 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
     _check_source(first)
     if not datasets:
         raise MedzooError(f"--stages '{','.join(stages)}' has no training stage after the source '{first}'; "
-                          "add a dataset, e.g. --stages imagenet,phantom_agg")
+                          f"add a dataset, e.g. --stages {first},DATASET (`medzoo list datasets` names them)")
     for d in datasets:
         registry().resolve("datasets", d)
     # created on every rank (a typo or a missing extra fails everywhere alike, before any data is opened);
@@ -101,13 +101,13 @@ def train(arch: str, stages: list[str] | str, *, overrides: list[str] | dict | N
 
 
 def split_source(stages: list[str]) -> tuple[str, list[str]]:
-    """``medagg,inbreast`` (no source) means ``imagenet,medagg,inbreast``."""
+    """``medagg,inbreast`` (no source) means ``<default source>,medagg,inbreast`` (``imagenet`` as shipped)."""
     first = stages[0]
     base = first.partition(":")[0]
     is_dataset = base in registry().entries["datasets"]
     is_source = base in registry().entries["sources"] or store.find_local(first) is not None
     if is_dataset and not is_source:
-        return "imagenet", stages
+        return registry().default_source(), stages
     return first, stages[1:]
 
 

@@ -41,7 +41,8 @@ TRANSFORMERS = ("swin", "vit", "deit", "beit", "test_vit")
 # timm's own Hub layout: config.json in timm's format, so plain timm.create_model("hf-hub:...") loads it
 TIMM_LAYOUT = HubLayout(
     name="timm", library="timm", hf_library="timm", recognise=lambda config: "architecture" in config,
-    load_code=lambda *, repo_id, **_: f'import timm\nmodel = timm.create_model("hf-hub:{repo_id}", pretrained=True)')
+    load_code=lambda *, repo_id, **_: f'import timm\nmodel = timm.create_model("hf-hub:{repo_id}", pretrained=True)',
+    citation="Wightman, PyTorch Image Models (timm), https://github.com/huggingface/pytorch-image-models, 2019.")
 
 TRUNCATE_HELP = ("drop the last N block groups (feature stages) and put the head on what is left: "
                  "much smaller, often as accurate on small medical tasks")

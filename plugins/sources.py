@@ -49,6 +49,14 @@ def load_imagenet(*, arch, arg=None) -> SourceWeights:
     return SourceWeights(model.state_dict(), tag=f"imagenet:{cfg.get('tag') or arg or 'default'}", pretrained_cfg=cfg)
 
 
+def imagenet_base_model(*, arg, tag, timm_name) -> str | None:
+    """timm's Hub id of the weights, e.g. ``timm/resnet18.a1_in1k`` (the tag timm recorded, not the one asked)."""
+    if not timm_name:
+        return None
+    upstream = tag.partition(":")[2]
+    return f"timm/{timm_name}" + (f".{upstream}" if upstream and upstream != "default" else "")
+
+
 def _cached_file(full: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
     from timm.models import get_pretrained_cfg
@@ -103,10 +111,14 @@ def register_weight_sources(register):
         "imagenet", load_imagenet,
         "timm's ImageNet-pretrained weights: the default tag, or imagenet:<tag> for another upstream pretraining "
         "(e.g. imagenet:fb_ssl_yfcc100m_ft_in1k for resnet50, imagenet:ms_in22k for swin_t)",
-        takes_arg=True, arg_required=False, arg_help="timm tag"))
+        takes_arg=True, arg_required=False, arg_help="timm tag", default=True, base_model=imagenet_base_model,
+        terms_note="The chain started from timm's ImageNet weights; ImageNet's terms of access restrict "
+                   "commercial use, so check them before any commercial use of these weights."))
     register(WeightSourceSpec("scratch", load_scratch, "random initialisation (no pretraining)"))
     register(WeightSourceSpec("file", load_file, "a local .safetensors file of weights for the architecture",
-                              takes_arg=True, arg_help="path.safetensors"))
+                              takes_arg=True, arg_help="path.safetensors", named_by_hash=True))
     register(WeightSourceSpec("hf-hub", load_hf_hub, "medzoo weights published on the Hugging Face Hub "
                               "(`medzoo publish`), pinned to a revision with @<commit>; sha256-verified",
-                              takes_arg=True, arg_help="org/repo[@revision]"))
+                              takes_arg=True, arg_help="org/repo[@revision]",
+                              base_model=lambda *, arg, **_: arg.partition("@")[0] if arg else None,
+                              terms_note="The chain started from {name}; its license applies too."))

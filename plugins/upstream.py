@@ -242,7 +242,8 @@ def register_weight_sources(register):
     register(WeightSourceSpec(
         "url", load_url, "weights downloaded once from an https URL into $MEDZOO_HOME (resumable), verified "
         "against #sha256= when given and pinned to the first download otherwise; a .pth is converted to safetensors "
-        "once with --trust-upstream", takes_arg=True, arg_help="https URL[#sha256=<hex>]"))
+        "once with --trust-upstream", takes_arg=True, arg_help="https URL[#sha256=<hex>]",
+        named_by_hash=True))
     by_base: dict[str, dict[str, str]] = {}
     for name, entry in catalogue().items():
         base, _, arg = name.partition(":")

@@ -7,6 +7,7 @@ import tokenize
 from pathlib import Path
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+EXAMPLE = PLUGINS.parent / "docs" / "example_plugin"  # the worked example of docs/plugins.md: what authors copy
 
 
 def medzoo_imports(path: Path) -> list[str]:
@@ -20,9 +21,10 @@ def medzoo_imports(path: Path) -> list[str]:
 
 
 def test_first_party_plugins_import_only_the_plugin_api():
-    offenders = {p.name: mods for p in sorted(PLUGINS.glob("*.py"))
+    files = sorted(PLUGINS.glob("*.py")) + sorted(EXAMPLE.rglob("*.py"))
+    offenders = {str(p.relative_to(PLUGINS.parent)): mods for p in files
                  if (mods := [m for m in medzoo_imports(p) if m != "medzoo.plugin"])}
-    assert list(PLUGINS.glob("*.py")), "no plugin modules found"
+    assert list(PLUGINS.glob("*.py")) and list(EXAMPLE.rglob("*.py")), "no plugin modules found"
     assert offenders == {}, f"plugins reaching past medzoo.plugin: {offenders}"
 
 
@@ -59,17 +61,30 @@ def test_the_circle_check_catches_a_lazy_circle(tmp_path, monkeypatch):
 
 
 # -- the core names no architecture, library or dataset: their plugins fill in the specs' traits instead ---------
+# Except timm, the core's base library for classification models (a declared core dependency, not a plugin's):
+# store's config.json is timm's Hub format and zoo's features_only path calls timm.create_model, so 'timm' is
+# not among NAMES. Every other library, each dataset and each weight source belongs to a plugin.
 
 CORE = PLUGINS.parent / "medzoo"
 NAMES = ("swin", "vit", "deit", "beit", "unetr", "unet_", "resnet", "convnext", "efficientnet", "densenet", "mobilenet",
          "inception", "smp", "segmentation_models", "monai", "inbreast", "cbis", "bcss", "medmnist", "medagg",
-         "mammo", "chexpert", "busi", "isic")
+         "mammo", "chexpert", "busi", "isic",
+         # the shipped datasets and weight sources (`medzoo list datasets` / `list sources`) by name
+         "imagenet", "phantom", "head_ct", "chest_xray", "inat2021", "moco", "simclr", "swav", "byol", "barlow")
 # a name starts a word ('sensitivity' holds no ViT); 'smp' is a whole word
 NAME_RE = re.compile(r"(?<![a-z])(?:" + "|".join(re.escape(n) for n in NAMES if n != "smp") + r"|smp(?![a-z]))",
                      re.IGNORECASE)
 # (file, name): the core's one segmentation loss is MONAI's masked Dice (a task's loss, not an architecture's);
 # moving it behind a plugin trait is left to a later change (see docs/zoo.md "Architecture traits")
 ALLOWED = {("metrics.py", "monai")}
+# (file, name, text of the line): one line only; the cards' method citation of CheXtransfer names ImageNet in its
+# paper title, which is not the weight source
+ALLOWED_LINES = {("cards.py", "imagenet", "Efficiency of ImageNet Models for Chest X-Ray")}
+
+
+def allowed(path: Path, line: int, name: str) -> bool:
+    text = path.read_text().splitlines()[line - 1]
+    return (path.name, name) in ALLOWED or any((f, n) == (path.name, name) and t in text for f, n, t in ALLOWED_LINES)
 
 
 def _docstring_lines(tree: ast.AST) -> set[int]:
@@ -96,7 +111,7 @@ def named_in_code(path: Path) -> list[tuple[int, str]]:
 
 def test_the_core_names_no_architecture_library_or_dataset():
     offenders = [f"medzoo/{p.name}:{line}: {name}" for p in sorted(CORE.glob("*.py"))
-                 for line, name in named_in_code(p) if (p.name, name) not in ALLOWED]
+                 for line, name in named_in_code(p) if not allowed(p, line, name)]
     assert list(CORE.glob("*.py")), "no core modules found"
     assert offenders == [], "the core names what only a plugin should know:\n" + "\n".join(offenders)
 

@@ -44,6 +44,7 @@ def test_a_non_timm_classifier_card_does_not_send_users_to_timm(tmp_path):
     assert 'medzoo.load("hf-hub:lab/tiny")' in card.text
     assert "library_name" not in card.data.to_dict() and "timm" not in card.data.to_dict()["tags"]
     assert "Doe et al., TinyNet, 2031." in card.text  # the spec's citation
+    assert "pytorch-image-models" not in card.text  # timm is cited by timm's layout, not on every card
     result = mzhub.dry_run(name, tmp_path / "out", repo_id="lab/tiny")
     assert result.layout == "medzoo" and result.plain_code == ""
     assert isinstance(medzoo.load(tmp_path / "out"), TinyNet)
@@ -111,6 +112,14 @@ def test_a_fixed_size_timm_model_publishes_its_size_so_plain_timm_rebuilds_it():
     assert config["model_args"]["img_size"] == 32
     plain = timm.create_model(config["architecture"], num_classes=2, **config["model_args"])
     plain.load_state_dict(models.load_safetensors(ckpt.path / store.WEIGHTS), strict=True)
+
+
+def test_a_fixed_size_model_records_its_size_even_when_it_equals_the_display_size():
+    # input_size is display-only: store used to take its last entry as the model's default size and left
+    # img_size out when training matched it, so the model was rebuilt at whatever the library's default was
+    _register_tiny(fixed_input_size=True)  # input_size=(3, 32, 32), and FAST trains at 32
+    name = medzoo.train("tiny_net", "scratch,phantom_lesion", **FAST)[-1].name
+    assert store.get_local(name).config["model_args"]["img_size"] == 32
 
 
 def test_bad_traits_are_refused_when_registered():
