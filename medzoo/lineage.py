@@ -140,8 +140,8 @@ class StageRecord:
         for key in ("recipe", "best", "val_metrics", "runtime", "versions", "data", "overlap"):
             _check(where, known.get(key), dict, f"stages[{i}].{key}")
         _check(where, known.get("read_grey"), bool, f"stages[{i}].read_grey")
-        for key, high in (("read_channels", MAX_CHANS), ("ignore_index", MAX_CLASSES)):
-            known[key] = bounded_int(where, known.get(key), f"stages[{i}].{key}", 0 if key == "ignore_index" else 1, high)
+        for key, low, high in (("read_channels", 1, MAX_CHANS), ("ignore_index", 0, MAX_CLASSES)):
+            known[key] = bounded_int(where, known.get(key), f"stages[{i}].{key}", low, high)
         known = {k: v for k, v in known.items() if v is not None or k in ("data", "overlap")}
         # schema 1 recorded the dataset's free-text licence ('CC BY 3.0 (TCIA)'): read it as an id
         known["license"] = licenses.license_id(known.get("license"))
