@@ -288,3 +288,29 @@ def test_unexpected_reader_error_is_one_line_under_skip_bad(tmp_path, monkeypatc
         medzoo.predict(name, files)
     preds = medzoo.predict(name, files, skip_bad=True)
     assert len(preds) == len(files) - 2 and all("ValueError" in s for s in preds.skipped)
+
+
+def test_masks_follow_a_step_that_mirrors_the_image(tmp_path):
+    """flip_to:left mirrors a right breast before the fit: the mask predicted on the mirrored input is mirrored
+    back, so it lines up with the file."""
+    import cv2
+    import torch
+
+    from medzoo.cache import PreprocessConfig
+    from medzoo.inference import FilesSource, _mask_rows
+
+    img = np.zeros((48, 64), np.uint8)
+    img[:, 40:] = 200  # tissue on the right: the step mirrors it to the left
+    path = tmp_path / "right.png"
+    assert cv2.imwrite(str(path), img)
+    cfg = PreprocessConfig.from_dict({"size": 32, "steps": ["flip_to:left"]})
+    source = FilesSource([path], "segmentation", ["background", "tissue"], grey=True, channels=1)
+    fitted, geo = source.prepare_tracked(source.records[0], cfg)
+    assert fitted[:, :8].mean() > 100  # the model sees the tissue on the left
+    assert geo.moved is not None and np.array_equal(geo.moved, np.arange(48 * 64).reshape(48, 64)[:, ::-1])
+    logits = torch.zeros(1, 2, 32, 32)
+    logits[0, 1] = torch.from_numpy(fitted > 100).float()  # a "model" that finds the tissue where it sees it
+    rows = _mask_rows([(source.records[0], None, geo)], logits, cfg, None, tmp_path, tmp_path, start_index=0)
+    mask = cv2.imread(rows[0]["mask"], cv2.IMREAD_UNCHANGED)
+    assert mask.shape == img.shape and rows[0]["mask_grid"] == "input"
+    assert (mask == (img > 100)).mean() > 0.97  # on the right, where the file has it
