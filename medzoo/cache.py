@@ -182,6 +182,16 @@ def clean_stale_tmp(folder: Path, prefix: str = ".") -> list[Path]:
     return removed
 
 
+def read_settings(source: DataSource) -> dict[str, Any]:
+    """How ``source`` reads its files, as ``StageRecord`` records it for ``medzoo predict``: the reader's grey
+    flag (None when the source has none: in-memory arrays), its ``meta['channels']`` and its ``ignore_index``."""
+    raw = source.source if isinstance(source, CachedSource) else source  # what read the files, not the cache
+    grey = getattr(raw, "grey", None)
+    return {"read_grey": grey if isinstance(grey, bool) else None,
+            "read_channels": raw.meta.get("channels") if isinstance(grey, bool) else None,
+            "ignore_index": source.ignore_index}
+
+
 class CachedSource(DataSource):
     """``source`` with every image preprocessed by ``source.prepare(record, cfg)`` once, then read from a
     memory-mapped array. Records the build could not read under ``--skip-bad`` are left out."""

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ._version import __version__
 from .cache import PreprocessConfig, parallel_map
 from .data import DataSource, Record, bad_input, skipping_bad
 from .registry import MedzooError, registry
+from .resize import fit_pair, unfit
 
 SIDECAR = ".medzoo.json"  # beside the CSV: what wrote it (checkpoint, weights, preprocessing) and its hash
 
@@ -117,11 +118,14 @@ def _csv_paths(path: Path, root) -> list[Path]:
 
 
 class FilesSource(DataSource):
-    """Image files as a DataSource, so ``prepare`` (the cache's code) preprocesses them."""
+    """Image files as a DataSource, so ``prepare`` (the cache's code) preprocesses them, read as the training
+    source read its files: ``grey`` (the reader converts colour to one channel) and ``channels``
+    (``meta['channels']``) from the lineage (``read_settings``)."""
 
-    def __init__(self, paths: Sequence[Path], task: str, classes: Sequence[str], *, grey: bool):
+    def __init__(self, paths: Sequence[Path], task: str, classes: Sequence[str], *, grey: bool,
+                 channels: int | None = None, ignore_index: int | None = None):
         records = [Record(str(p), None, "test", meta={"path": str(p)}, files=[p]) for p in paths]
-        super().__init__("predict", task, classes, records, meta={"channels": 1 if grey else None})
+        super().__init__("predict", task, classes, records, meta={"channels": channels}, ignore_index=ignore_index)
         self.grey = grey
 
     def read(self, record: Record) -> np.ndarray:
@@ -138,6 +142,37 @@ class FilesSource(DataSource):
     def read_mask(self, record: Record):
         return None  # new images have no masks: prepare runs the steps on the image alone
 
+    def prepare_tracked(self, record: Record, cfg: PreprocessConfig) -> tuple[np.ndarray, Geometry]:
+        """``prepare``'s image, and where its pixels came from: the named steps run with a mask of pixel indices
+        (steps move a mask with the image), so a predicted mask can be put back on the file's grid."""
+        img = self.read(record)
+        h, w = img.shape[:2]
+        where = np.arange(h * w, dtype=np.int64).reshape(h, w)
+        img, moved = self.domain_steps(img, where, cfg)
+        out, _ = fit_pair(img, None, cfg, channels=self.meta.get("channels"), pad_mask=self.ignore_index or 0)
+        same = moved is not None and moved.shape == (h, w) and np.array_equal(moved, where)
+        return out, Geometry((h, w), img.shape[:2], None if same else moved)
+
+
+class Geometry(NamedTuple):
+    """A file's grid as read, the grid after the named steps, and (when a step moved pixels) each post-step
+    pixel's index in the file's grid; None: the steps kept every pixel in place."""
+
+    read: tuple[int, int]
+    stepped: tuple[int, int]
+    moved: np.ndarray | None
+
+
+def read_settings(model, cfg: PreprocessConfig | None) -> tuple[bool, int | None, int | None]:
+    """``(grey, channels, ignore_index)`` as the last stage's training source read its files (recorded in the
+    lineage: ``StageRecord.read_grey``…); a checkpoint written before they were guesses grey from the
+    preprocessing's channels, and has no ignored mask code."""
+    last = model.medzoo_lineage.last
+    if last is not None and last.read_grey is not None:
+        return last.read_grey, last.read_channels, last.ignore_index
+    grey = (cfg is not None and cfg.channels == 1) or int(model.pretrained_cfg["input_size"][0]) == 1
+    return grey, 1 if grey else None, last.ignore_index if last is not None else None
+
 
 def preprocess_config(model) -> PreprocessConfig | None:
     """The last stage's cached preprocessing (None: it trained on raw images), read as evaluation reads it."""
@@ -149,13 +184,22 @@ def preprocess_config(model) -> PreprocessConfig | None:
 # -- the model ----------------------------------------------------------------------------------
 
 def _prepared(source: FilesSource, cfg: PreprocessConfig | None, transform, records: list[Record]):
-    """``(record, tensor or None, error or None)`` in order, preprocessed on threads."""
+    """``(record, tensor or None, geometry or None, error or None)`` in order, preprocessed on threads. Any
+    error is caught per file (an OpenCV error on an odd channel count as much as a MedzooError), so
+    ``skip_bad`` can leave the file out."""
     def one(r: Record):
         try:
-            img = source.prepare(r, cfg)[0] if cfg is not None else source.read(r)
-            return r, transform(img), None
-        except MedzooError as exc:
-            return r, None, exc
+            geo = None
+            if cfg is None:
+                img = source.read(r)
+                geo = Geometry(img.shape[:2], img.shape[:2], None)
+            elif source.task == "segmentation":
+                img, geo = source.prepare_tracked(r, cfg)
+            else:
+                img = source.prepare(r, cfg)[0]
+            return r, transform(img), geo, None
+        except Exception as exc:  # noqa: BLE001 - reported per file through bad_input
+            return r, None, None, exc
 
     return list(parallel_map(one, records))
 
@@ -163,7 +207,7 @@ def _prepared(source: FilesSource, cfg: PreprocessConfig | None, transform, reco
 def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, device: str | None = None,
             skip_bad: bool = False, root: str | os.PathLike | None = None,
             mask_dir: str | os.PathLike | None = None, saliency_dir: str | os.PathLike | None = None,
-            saliency_method: str = "gradcam") -> Predictions:
+            saliency_method: str = "gradcam", overwrite: bool = False) -> Predictions:
     """Class probabilities (or, for segmentation, masks written as PNG into ``mask_dir``) for image files.
 
     ``model_or_name``: a model from ``medzoo.load`` or anything it accepts. ``paths``: files, folders
@@ -171,7 +215,74 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
     ``skip_bad``, is left out with a warning and listed in ``.skipped``. ``saliency_dir``: also write each
     image's map for its predicted class there (``medzoo.saliency.write_maps``: ``<stem>_saliency.png`` over the
     model's input as it saw it; ``saliency_method`` ``gradcam`` or ``scorecam``; the ``saliency`` extra).
+    Masks and maps are written to temporary folders and moved into ``mask_dir`` / ``saliency_dir`` (created
+    when missing) only once every input is done; a file already there is replaced only with ``overwrite``.
     """
+    staged = _Staged(mask_dir, saliency_dir, overwrite=overwrite)
+    try:
+        preds = _predict(model_or_name, paths, batch_size=batch_size, device=device, skip_bad=skip_bad, root=root,
+                         staged=staged, saliency_method=saliency_method)
+        staged.check()
+        staged.commit()
+    finally:
+        staged.clean()
+    return preds
+
+
+class _Staged:
+    """The folders predict writes files into: a temporary sibling of each, filled during the run, then
+    ``commit`` moves the files into place (``replace_masks``: the whole previous mask folder, which the caller
+    checked is medzoo's, is replaced)."""
+
+    def __init__(self, masks, maps, *, overwrite: bool, replace_masks: bool = False):
+        self.final = {k: Path(v) for k, v in (("masks", masks), ("maps", maps)) if v is not None}
+        for kind, folder in self.final.items():
+            if folder.exists() and not folder.is_dir():
+                raise MedzooError(f"{folder} is a file; name a folder for the {kind}")
+        self.overwrite, self.replace_masks = overwrite, replace_masks
+        self.tmp: dict[str, Path] = {}
+
+    def folder(self, kind: str) -> Path | None:
+        """The temporary folder of ``kind`` (made on first use); None when that kind is not written."""
+        if kind not in self.final:
+            return None
+        if kind not in self.tmp:
+            self.tmp[kind] = store.new_tmp_dir(self.final[kind].parent, self.final[kind].name)
+        return self.tmp[kind]
+
+    def check(self) -> None:
+        """Refuse, before anything moves, to replace a file already in a destination folder."""
+        for kind, tmp in self.tmp.items():
+            final = self.final[kind]
+            if self.overwrite or (kind == "masks" and self.replace_masks):
+                continue
+            clash = sorted(f.name for f in tmp.iterdir() if (final / f.name).exists())
+            if clash:
+                flag = "--masks" if kind == "masks" else "--saliency"
+                raise MedzooError(f"{final / clash[0]} exists ({len(clash)} file(s) would be replaced); pick "
+                                  f"another {flag} folder (mask_dir=/saliency_dir=), or pass --overwrite")
+
+    def commit(self) -> None:
+        for kind, tmp in list(self.tmp.items()):
+            final = self.final[kind]
+            if kind == "masks" and self.replace_masks and final.exists():
+                shutil.rmtree(final)  # ours, checked by the caller: the previous run's masks
+            if not final.exists():
+                os.rename(tmp, final)
+            else:
+                for f in sorted(tmp.iterdir()):
+                    os.replace(f, final / f.name)
+                tmp.rmdir()
+            del self.tmp[kind]
+
+    def clean(self) -> None:
+        for tmp in self.tmp.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.tmp.clear()
+
+
+def _predict(model_or_name, paths, *, batch_size: int, device, skip_bad: bool, root, staged: _Staged,
+             saliency_method: str) -> Predictions:
     from .devices import pick_device
     from .zoo import load, transforms_for
 
@@ -185,34 +296,40 @@ def predict(model_or_name, paths: Sequence[str | os.PathLike], *, batch_size: in
     lin = model.medzoo_lineage
     classes = list(lin.last.classes) if lin.last else []
     task = lin.task
-    if task == "segmentation" and mask_dir is None:
+    if task == "segmentation" and "masks" not in staged.final:
         raise MedzooError("a segmentation checkpoint writes masks: pass mask_dir= (the CLI's --masks)")
     cfg = preprocess_config(model)
-    in_chans = int(model.pretrained_cfg["input_size"][0])
-    source = FilesSource(gather(paths, root=root), task, classes,
-                         grey=(cfg is not None and cfg.channels == 1) or in_chans == 1)
+    grey, channels, ignore = read_settings(model, cfg)
+    source = FilesSource(gather(paths, root=root), task, classes, grey=grey, channels=channels, ignore_index=ignore)
     transform = transforms_for(model)
+    saliency_dir = staged.folder("maps")
     if saliency_dir is not None:
         _check_saliency(model, source, saliency_method)
+    mask_dir = staged.folder("masks") if task == "segmentation" else None
     rows: list[dict[str, Any]] = []
     with skipping_bad(skip_bad) as noted:
         skipped: list[str] = noted if noted is not None else []
         chunk = max(batch_size, 4 * batch_size)  # bounded memory: a few batches of tensors at a time
         for start in range(0, len(source.records), chunk):
             ready = []
-            for r, x, exc in _prepared(source, cfg, transform, source.records[start:start + chunk]):
-                if exc is not None:
-                    bad_input(r.meta["path"], str(exc))  # raises, or warns and records it under skip_bad
+            for r, x, geo, exc in _prepared(source, cfg, transform, source.records[start:start + chunk]):
+                if exc is not None:  # raises, or warns and records it under skip_bad
+                    bad_input(r.meta["path"], str(exc) if isinstance(exc, MedzooError)
+                              else f"{type(exc).__name__}: {exc}")
                 else:
-                    ready.append((r, x))
+                    ready.append((r, x, geo))
             for b in range(0, len(ready), batch_size):
                 batch = ready[b:b + batch_size]
-                xb = torch.stack([x for _, x in batch]).to(dev)
+                xb = torch.stack([x for _, x, _ in batch]).to(dev)
                 with torch.inference_mode():
                     out = model(xb).float().cpu()
                 if saliency_dir is not None:
-                    _write_saliency(model, xb, out, [r.meta["path"] for r, _ in batch], saliency_dir, saliency_method)
-                rows += _rows(batch, out, task, classes, model, start_index=len(rows), mask_dir=mask_dir)
+                    _write_saliency(model, xb, out, [r.meta["path"] for r, _, _ in batch], saliency_dir,
+                                    saliency_method)
+                if task == "segmentation" and mask_dir is not None:
+                    rows += _mask_rows(batch, out, cfg, ignore, mask_dir, staged.final["masks"], start_index=len(rows))
+                else:
+                    rows += _rows(batch, out, task, classes, model)
     if not rows:
         raise MedzooError(f"no image could be read ({len(skipped)} skipped: {skipped[0] if skipped else ''}); "
                           "check the inputs")
@@ -252,13 +369,10 @@ def _write_saliency(model, xb: torch.Tensor, out: torch.Tensor, paths: list[str]
     saliency.write_maps(model, xb, seen, paths, folder, method, targets=targets)
 
 
-def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model, *, start_index: int, mask_dir) -> list[dict]:
-    if task == "segmentation":
-        return [{"path": r.meta["path"], "mask": str(_write_mask(m, Path(mask_dir), start_index + i, r.meta["path"]))}
-                for i, ((r, _), m) in enumerate(zip(batch, out.argmax(1)))]
+def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model) -> list[dict]:
     probs = out.sigmoid() if task == "multilabel" else out.softmax(1)
     rows = []
-    for (r, _), p in zip(batch, probs):
+    for (r, _, _), p in zip(batch, probs):
         row: dict[str, Any] = {"path": r.meta["path"]}
         row.update({f"p_{c}": float(v) for c, v in zip(classes, p.tolist())})
         if task == "multilabel":
@@ -270,6 +384,34 @@ def _rows(batch, out: torch.Tensor, task: str, classes: list[str], model, *, sta
     return rows
 
 
+def _mask_rows(batch, out: torch.Tensor, cfg: PreprocessConfig | None, ignore: int | None, tmp: Path, final: Path,
+               *, start_index: int) -> list[dict]:
+    """One row per image, its class-code mask written into ``tmp`` on the file's own grid; the row names the
+    file where ``commit`` puts it. ``mask_grid`` says which grid: ``input`` (the file as read), or ``steps``
+    when a named step moved pixels in a way the index mask could not follow back."""
+    if ignore is not None and 0 <= ignore < out.shape[1]:
+        out = out.clone()
+        out[:, ignore] = float("-inf")  # the ignored code ('outside ROI') is no class a pixel can be given
+    rows = []
+    for i, ((r, _, geo), m) in enumerate(zip(batch, out.argmax(1).numpy())):
+        fill = ignore if ignore is not None else 0
+        if cfg is None:  # no cache preprocessing: the transform stretched the file to the model's size
+            back = unfit(m, geo.stepped, m.shape[0], "stretch", fill)
+        else:
+            back = unfit(m, geo.stepped, cfg.size, cfg.fit, fill)
+        grid = "input"
+        if geo.moved is not None:
+            if geo.moved.shape == back.shape and geo.moved.min(initial=0) >= 0:
+                placed = np.full(geo.read[0] * geo.read[1], fill, dtype=np.int64)
+                placed[geo.moved.ravel()] = back.ravel()
+                back = placed.reshape(geo.read)
+            else:
+                grid = "steps"
+        name = _write_mask(back, tmp, start_index + i, r.meta["path"]).name
+        rows.append({"path": r.meta["path"], "mask": str(final / name), "mask_grid": grid})
+    return rows
+
+
 def decision_columns(model, probs: torch.Tensor) -> dict[str, Any]:
     """The decision at the checkpoint's stored operating point (``medzoo.operating``; chosen on a validation
     split by ``medzoo evaluate``, read back by ``medzoo.load`` only when it was chosen for these weights), as
@@ -278,11 +420,10 @@ def decision_columns(model, probs: torch.Tensor) -> dict[str, Any]:
     return {} if op is None else {"decision": op.decide(probs)[0]}
 
 
-def _write_mask(mask: torch.Tensor, folder: Path, index: int, path: str) -> Path:
-    """A class-code PNG (8-bit below 256 classes, else 16-bit) at the model's input size."""
+def _write_mask(arr: np.ndarray, folder: Path, index: int, path: str) -> Path:
+    """A class-code PNG (8-bit below 256 classes, else 16-bit)."""
     from PIL import Image
 
-    arr = mask.numpy()
     arr = arr.astype(np.uint8) if int(arr.max(initial=0)) < 256 else arr.astype(np.uint16)
     name = f"{index:05d}-{store.slug(Path(path).stem)[:80]}.png"
     Image.fromarray(arr).save(folder / name)
@@ -304,71 +445,83 @@ def _ours(out: Path) -> bool:
         return False
 
 
+def _our_sidecar(path: Path) -> bool:
+    """Whether ``path`` (``OUT.medzoo.json``) is a sidecar medzoo predict wrote (a user's file of that name is
+    never replaced)."""
+    try:
+        meta = json.loads(path.read_text())
+        return isinstance(meta, dict) and "csv_sha256" in meta and "medzoo" in meta
+    except (OSError, ValueError):
+        return False
+
+
 def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "predictions.csv", masks: str | None = None,
         batch_size: int = 32, device: str | None = None, skip_bad: bool = False, root: str | None = None,
         overwrite: bool = False, saliency: str | os.PathLike | None = None,
         saliency_method: str = "gradcam") -> tuple[Path, Predictions]:
     """``medzoo predict``: predictions for ``paths`` written to the CSV ``out`` (and masks under ``masks``,
     default ``<out stem>-masks/``) and saliency maps into ``saliency``, nothing written unless every input was read
-    (or skipped under ``skip_bad``). A map file already in ``saliency`` is replaced only with ``overwrite``."""
+    (or skipped under ``skip_bad``). A map file already in ``saliency`` is replaced only with ``overwrite``.
+    Order: CSV and sidecar to temporary files, then masks, maps, CSV and last the sidecar moved into place."""
     from .zoo import load
 
     out = Path(out)
+    sidecar = out.parent / (out.name + SIDECAR)
     if out.is_dir():
         raise MedzooError(f"--out {out} is a folder; name the CSV file to write, e.g. {out / 'predictions.csv'}")
     if out.exists() and not overwrite and not _ours(out):
         raise MedzooError(f"{out} exists and medzoo predict did not write it (or it was edited since); pick another "
                           "--out, or pass --overwrite to replace it")
+    if sidecar.exists() and not _our_sidecar(sidecar):
+        raise MedzooError(f"{sidecar} exists and medzoo predict did not write it; move it away or pick another --out "
+                          "(predict writes its record of the run there)")
     model = load(name, device=_dev(device))
     mask_final = None
-    tmp_masks = None
     if model.medzoo_lineage.task == "segmentation":
         mask_final = Path(masks) if masks else out.with_name(out.stem + "-masks")
         if mask_final.exists() and not _our_masks(out, mask_final):
             raise MedzooError(f"{mask_final} exists and is not a mask folder medzoo predict wrote; "
                               "pick another --masks")
-        tmp_masks = store.new_tmp_dir(mask_final.parent, mask_final.name)
-    sal_final = Path(saliency) if saliency is not None else None
-    if sal_final is not None and sal_final.exists() and not sal_final.is_dir():
-        raise MedzooError(f"--saliency {sal_final} is a file; name a folder for the maps")
-    tmp_sal = store.new_tmp_dir(sal_final.parent, sal_final.name) if sal_final is not None else None
+    staged = _Staged(mask_final, saliency, overwrite=overwrite, replace_masks=True)
+    pending: list[Path] = []
     try:
-        preds = predict(model, paths, batch_size=batch_size, skip_bad=skip_bad, root=root, mask_dir=tmp_masks,
-                        saliency_dir=tmp_sal, saliency_method=saliency_method)
-        if tmp_sal is not None and sal_final is not None:
-            clash = sorted(f.name for f in tmp_sal.iterdir() if (sal_final / f.name).exists())
-            if clash and not overwrite:
-                raise MedzooError(f"{sal_final / clash[0]} exists ({len(clash)} map(s) would be replaced); pick "
-                                  "another --saliency folder, or pass --overwrite")
-        if tmp_masks is not None and mask_final is not None:  # rows name the final folder, where masks go next
-            for row in preds:
-                row["mask"] = str(mask_final / Path(row["mask"]).name)
+        preds = _predict(model, paths, batch_size=batch_size, device=None, skip_bad=skip_bad, root=root,
+                         staged=staged, saliency_method=saliency_method)
+        staged.check()
         text = to_csv(preds)
-        if tmp_masks is not None and mask_final is not None:
-            if mask_final.exists():
-                shutil.rmtree(mask_final)  # ours, checked above: the previous run's masks
-            os.rename(tmp_masks, mask_final)
-            tmp_masks = None
-        if tmp_sal is not None and sal_final is not None:
-            sal_final.mkdir(parents=True, exist_ok=True)
-            for f in sorted(tmp_sal.iterdir()):
-                os.replace(f, sal_final / f.name)
+        lin = model.medzoo_lineage
+        cfg = preprocess_config(model)
+        meta = json.dumps({
+            "csv_sha256": hashlib.sha256(text.encode()).hexdigest(), "checkpoint": preds.checkpoint,
+            "origin": model.medzoo_origin, "weights_sha256": lin.weights_sha256,
+            "preprocess": cfg.to_dict() if cfg else None, "image_size": lin.image_size, "n_images": len(preds),
+            "skipped": preds.skipped, "masks": str(mask_final) if mask_final else None,
+            "mask_grids": sorted({r["mask_grid"] for r in preds}) if mask_final else [],
+            "operating_point": _op_summary(model),
+            "mask_files": sorted(Path(r["mask"]).name for r in preds) if mask_final else [],
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "medzoo": __version__}, indent=2)
+        pending = [_temp_beside(out, text), _temp_beside(sidecar, meta)]
+        staged.commit()
+        os.replace(pending[0], out)
+        os.replace(pending[1], sidecar)  # last: a sidecar names only what is in place
+        pending = []
     finally:
-        for tmp in (tmp_masks, tmp_sal):
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-    store.atomic_write(out, text)
-    lin = model.medzoo_lineage
-    cfg = preprocess_config(model)
-    store.atomic_write(out.parent / (out.name + SIDECAR), json.dumps({
-        "csv_sha256": hashlib.sha256(text.encode()).hexdigest(), "checkpoint": preds.checkpoint,
-        "origin": model.medzoo_origin, "weights_sha256": lin.weights_sha256,
-        "preprocess": cfg.to_dict() if cfg else None, "image_size": lin.image_size, "n_images": len(preds),
-        "skipped": preds.skipped, "masks": str(mask_final) if mask_final else None,
-        "operating_point": _op_summary(model),
-        "mask_files": sorted(Path(r["mask"]).name for r in preds) if mask_final else [],
-        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "medzoo": __version__}, indent=2))
+        staged.clean()
+        for p in pending:
+            p.unlink(missing_ok=True)
     return out, preds
+
+
+def _temp_beside(path: Path, text: str) -> Path:
+    """``text`` in a temporary file in ``path``'s folder (same file system: ``os.replace`` moves it whole)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    return Path(tmp)
 
 
 def _op_summary(model) -> dict[str, Any] | None:

@@ -122,6 +122,11 @@ class StageRecord:
     versions: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     weights_sha256: str | None = None
+    # how the training source read its files, so `medzoo predict` reads new files the same way (None: written
+    # before these were recorded; predict then guesses from the preprocessing's channels, see docs/inference.md)
+    read_grey: bool | None = None  # the source's reader converted colour files to one channel
+    read_channels: int | None = None  # the source's meta['channels'] (None with read_grey set: as read)
+    ignore_index: int | None = None  # segmentation: the mask code that is not a class (BCSS 0, outside ROI)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -134,6 +139,9 @@ class StageRecord:
             _check(where, known.get(key), list, f"stages[{i}].{key}")
         for key in ("recipe", "best", "val_metrics", "runtime", "versions", "data", "overlap"):
             _check(where, known.get(key), dict, f"stages[{i}].{key}")
+        _check(where, known.get("read_grey"), bool, f"stages[{i}].read_grey")
+        for key, low, high in (("read_channels", 1, MAX_CHANS), ("ignore_index", 0, MAX_CLASSES)):
+            known[key] = bounded_int(where, known.get(key), f"stages[{i}].{key}", low, high)
         known = {k: v for k, v in known.items() if v is not None or k in ("data", "overlap")}
         # schema 1 recorded the dataset's free-text licence ('CC BY 3.0 (TCIA)'): read it as an id
         known["license"] = licenses.license_id(known.get("license"))

@@ -91,6 +91,26 @@ def fit_pair(img: np.ndarray, mask: np.ndarray | None, cfg: FitConfig, *, channe
     return np.ascontiguousarray(out), placed.astype(np.uint8 if placed.max(initial=0) < 256 else np.int32)
 
 
+def unfit(mask: np.ndarray, shape: tuple[int, int], size: int, fit: str, fill: int) -> np.ndarray:
+    """A size×size class-code mask (the model's input, fitted by :func:`fit_pair`) back on the h×w grid of the
+    image it was fitted from (nearest neighbour): the pad cut away; under ``crop``, the margins the model never
+    saw filled with ``fill``. ``mask`` may be at the model's image size rather than ``size`` (the evaluation
+    transform resized the fitted square): it is first scaled back to size×size."""
+    h, w = shape
+    nh, nw = _geometry(h, w, size, fit)
+    m = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+    if tuple(m.shape) != (size, size):
+        m = torch.nn.functional.interpolate(m[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0]
+        m = m.round().to(torch.int64)
+    region = torch.full((nh, nw), fill, dtype=torch.int64)
+    top, left = (size - nh) // 2, (size - nw) // 2  # as _place put it
+    sy, sx, ty, tx = max(0, top), max(0, left), max(0, -top), max(0, -left)
+    hh, ww = min(nh - ty, size - sy), min(nw - tx, size - sx)
+    region[ty:ty + hh, tx:tx + ww] = m[sy:sy + hh, sx:sx + ww]
+    back = torch.nn.functional.interpolate(region[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0]
+    return back.round().to(torch.int64).numpy()
+
+
 # -- the named steps before the fit (plugins register them: breast masking, canonical side, CLAHE) ----------
 
 def step_refs(cfg: Any) -> list:

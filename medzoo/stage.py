@@ -21,6 +21,7 @@ import torch.distributed as dist
 from . import data as mzdata
 from . import licenses, models, speed, store
 from ._version import __version__
+from .cache import read_settings
 from .devices import pick_device
 from .lineage import Lineage, StageRecord
 from .metrics import (
@@ -555,7 +556,8 @@ class StageTrainer:
                                            "channels_last": self._channels_last(),
                                            "workers": speed.workers(self.runtime.num_workers, self.hw),
                                            "world_size": _world()},
-            versions={"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__})
+            versions={"medzoo": __version__, "timm": timm.__version__, "torch": torch.__version__},
+            **read_settings(self.source))
         base = self.parent.lineage.prefix()
         return Lineage(arch=self.arch_ref.name, source=base.source, stages=base.stages + [stage], name=None,
                        timm_name=models.stock_timm_name(self.arch_ref), task=self.task,

@@ -121,15 +121,61 @@ def test_segmentation_masks_written_for_exported_images(tmp_path, monkeypatch):
     run_cli("predict", name, str(export / "labels.csv"), "--out", str(out))
     rows = read_rows(out)
     assert [r["path"] for r in rows] == [str(export / r["file"]) for r in labels]
-    assert len(rows) == 3 and list(rows[0]) == ["path", "mask"]
+    assert len(rows) == 3 and list(rows[0]) == ["path", "mask", "mask_grid"]
     from PIL import Image
 
+    last = store.get_local(name).lineage.last
+    assert last.ignore_index == 0 and last.read_grey is False  # what the BCSS source read, in the lineage
     for r in rows:
         mask = np.asarray(Image.open(r["mask"]))
-        assert mask.shape == (32, 32) and mask.dtype == np.uint8
-        assert int(mask.max()) < len(store.get_local(name).lineage.last.classes)
+        image = np.asarray(Image.open(r["path"]))
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8 and r["mask_grid"] == "input"
+        assert int(mask.max()) < len(last.classes)
+        assert not (mask == 0).any(), "the ignored code 0 ('outside ROI') was predicted as a class"
     written = sorted(p.name for p in (tmp_path / "seg-masks").iterdir())
     assert written == sorted(r["mask"].rsplit("/", 1)[-1] for r in rows)
+    # a non-square file (fit pad): its mask comes back on the file's own H×W grid
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.asarray(Image.open(rows[0]["path"]))[:40]).save(wide)
+    # the Python API creates mask_dir, refuses to replace a mask there, and replaces it with overwrite=True
+    masks = tmp_path / "py" / "masks"
+    preds = medzoo.predict(name, [wide], mask_dir=masks)
+    assert np.asarray(Image.open(preds[0]["mask"])).shape == (40, 64)
+    assert sorted(p.name for p in masks.iterdir()) == ["00000-wide.png"]
+    with pytest.raises(MedzooError, match="00000-wide.png exists.*--overwrite"):
+        medzoo.predict(name, [wide], mask_dir=masks)
+    assert len(medzoo.predict(name, [wide], mask_dir=masks, overwrite=True)) == 1
+    # a bad file mid-run leaves nothing in the folder and no temporary folder beside it
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(MedzooError, match="broken.png"):
+        medzoo.predict(name, [export / labels[1]["file"], bad], mask_dir=tmp_path / "py" / "other")
+    assert not (tmp_path / "py" / "other").exists() and sorted(p.name for p in (tmp_path / "py").iterdir()) == ["masks"]
+    # the CLI's sidecar name is never taken from a user's file
+    notes = tmp_path / "n.csv"
+    (tmp_path / "n.csv.medzoo.json").write_text('{"mine": 1}')
+    proc = run_cli("predict", name, str(wide), "--out", str(notes), check=False)
+    assert proc.returncode == 1 and "n.csv.medzoo.json exists" in proc.stderr and not notes.exists()
+    assert (tmp_path / "n.csv.medzoo.json").read_text() == '{"mine": 1}'
+
+
+def test_unfit_puts_a_mask_back_where_fit_took_it():
+    """A mask fitted to the model's square (pad, crop, stretch) and put back lines up with the original grid."""
+    from medzoo.cache import PreprocessConfig
+    from medzoo.resize import fit_pair, unfit
+
+    mask = np.zeros((90, 150), np.uint8)
+    mask[20:50, 30:90] = 1
+    mask[60:85, 100:140] = 2
+    img = np.zeros((90, 150), np.uint8)
+    for fit in ("pad", "crop", "stretch"):
+        cfg = PreprocessConfig(size=60, fit=fit)
+        _, small = fit_pair(img, mask, cfg, pad_mask=7)
+        back = unfit(small, mask.shape, 60, fit, fill=7)
+        assert back.shape == mask.shape
+        seen = back != 7  # under crop, the margins the model never saw
+        assert (back[seen] == mask[seen]).mean() > 0.97, fit
+        assert seen.mean() > (0.55 if fit == "crop" else 0.999)
 
 
 def test_export_writes_png_and_labels_that_predict_reads(tmp_path):
@@ -173,7 +219,8 @@ def test_saliency_maps_written_beside_predictions_and_nothing_replaced_or_half_w
     proc = run_cli("predict", name, str(good[0]), str(bad), "--out", str(tmp_path / "q.csv"), "--saliency",
                    str(fresh), check=False)
     assert proc.returncode == 1 and not (fresh.exists() and any(fresh.iterdir()))
-    assert not list(tmp_path.glob(".fresh*")), "a temporary map folder was left behind"
+    # store.new_tmp_dir names it .tmp-<folder>-XXXX beside the folder
+    assert not list(tmp_path.glob(".tmp-*")), "a temporary map folder was left behind"
     # two inputs whose maps would share a name are refused before anything runs
     twin = tmp_path / "twin"
     twin.mkdir()
@@ -181,3 +228,89 @@ def test_saliency_maps_written_beside_predictions_and_nothing_replaced_or_half_w
     proc = run_cli("predict", name, str(good[0]), str(twin / good[0].name), "--out", str(tmp_path / "r.csv"),
                    "--saliency", str(tmp_path / "m2"), check=False)
     assert proc.returncode == 1 and "would both write" in proc.stderr
+
+
+def _colour_folder(root, n=12, size=(40, 56)):
+    """An imagefolder of RGB PNGs whose channels differ strongly (OpenCV's weighted grey is not their mean)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            img[..., c] //= 4
+            assert cv2.imwrite(str(root / cls / f"p{i:02d}.png"), img)
+    return root
+
+
+def test_rgb_dataset_trained_grey_predicts_as_evaluate(tmp_path):
+    """A colour dataset trained with preprocess channels: 1 read RGB, ran CLAHE on LAB lightness, then took the
+    channel mean: predict must read it the same way (recorded in the lineage), not OpenCV's weighted grey."""
+    data = _colour_folder(tmp_path / "rgb")
+    name = medzoo.train("resnet18", f"scratch,imagefolder:{data}", precision="fp32",
+                        overrides=["epochs=1", "image_size=32", "preprocess={size: 32, channels: 1, clahe: 2.0}"]
+                        )[-1].name
+    last = store.get_local(name).lineage.last
+    assert last.read_grey is False and last.read_channels is None and last.recipe["preprocess"]["channels"] == 1
+    result = evaluate(name, dataset=f"imagefolder:{data}", bootstrap=0)
+    expected = read_rows(result.out_dir / "predictions.csv")
+    assert expected
+    files = [data / r["id"] if (data / r["id"]).is_file() else next(data.rglob(r["id"] + "*")) for r in expected]
+    preds = medzoo.predict(name, files)
+    for row, want in zip(preds, expected):
+        assert abs(row["p_b"] - float(want["p_b"])) < 2e-6, (row["path"], want)
+    # a checkpoint from before the read settings were recorded still loads, and predicts with the old guess
+    ckpt = store.read_checkpoint(store.get_local(name).path)
+    for key in ("read_grey", "read_channels"):
+        setattr(ckpt.lineage.stages[-1], key, None)
+    store.write_config(ckpt.path, ckpt.config, ckpt.lineage)
+    assert "read_grey" not in (ckpt.path / store.CONFIG).read_text()
+    assert len(medzoo.predict(name, files[:2])) == 2
+
+
+def test_unexpected_reader_error_is_one_line_under_skip_bad(tmp_path, monkeypatch):
+    data = _colour_folder(tmp_path / "rgb", n=4)
+    name = medzoo.train("resnet18", f"scratch,imagefolder:{data}", precision="fp32",
+                        overrides=["epochs=1", "image_size=32"])[-1].name
+    from medzoo import inference
+
+    files = sorted(data.rglob("*.png"))
+    real = inference.FilesSource.read
+
+    def odd(self, record):
+        if record.meta["path"].endswith("p01.png"):
+            raise ValueError("OpenCV(4.10) error: (-215:Assertion failed) scn == 3 || scn == 4")
+        return real(self, record)
+
+    monkeypatch.setattr(inference.FilesSource, "read", odd)
+    with pytest.raises(MedzooError, match="p01.png.*ValueError: OpenCV"):
+        medzoo.predict(name, files)
+    preds = medzoo.predict(name, files, skip_bad=True)
+    assert len(preds) == len(files) - 2 and all("ValueError" in s for s in preds.skipped)
+
+
+def test_masks_follow_a_step_that_mirrors_the_image(tmp_path):
+    """flip_to:left mirrors a right breast before the fit: the mask predicted on the mirrored input is mirrored
+    back, so it lines up with the file."""
+    import cv2
+    import torch
+
+    from medzoo.cache import PreprocessConfig
+    from medzoo.inference import FilesSource, _mask_rows
+
+    img = np.zeros((48, 64), np.uint8)
+    img[:, 40:] = 200  # tissue on the right: the step mirrors it to the left
+    path = tmp_path / "right.png"
+    assert cv2.imwrite(str(path), img)
+    cfg = PreprocessConfig.from_dict({"size": 32, "steps": ["flip_to:left"]})
+    source = FilesSource([path], "segmentation", ["background", "tissue"], grey=True, channels=1)
+    fitted, geo = source.prepare_tracked(source.records[0], cfg)
+    assert fitted[:, :8].mean() > 100  # the model sees the tissue on the left
+    assert geo.moved is not None and np.array_equal(geo.moved, np.arange(48 * 64).reshape(48, 64)[:, ::-1])
+    logits = torch.zeros(1, 2, 32, 32)
+    logits[0, 1] = torch.from_numpy(fitted > 100).float()  # a "model" that finds the tissue where it sees it
+    rows = _mask_rows([(source.records[0], None, geo)], logits, cfg, None, tmp_path, tmp_path, start_index=0)
+    mask = cv2.imread(rows[0]["mask"], cv2.IMREAD_UNCHANGED)
+    assert mask.shape == img.shape and rows[0]["mask_grid"] == "input"
+    assert (mask == (img > 100)).mean() > 0.97  # on the right, where the file has it
