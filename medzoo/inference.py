@@ -345,9 +345,7 @@ def run(name: str, paths: Sequence[str], *, out: str | os.PathLike = "prediction
                 row["mask"] = str(mask_final / Path(row["mask"]).name)
         text = to_csv(preds)
         if tmp_masks is not None and mask_final is not None:
-            if mask_final.exists():
-                shutil.rmtree(mask_final)  # ours, checked above: the previous run's masks
-            os.rename(tmp_masks, mask_final)
+            store.swap_dir(tmp_masks, mask_final)  # replaces ours only, checked above: the previous run's masks
             tmp_masks = None
         if tmp_sal is not None and sal_final is not None:
             sal_final.mkdir(parents=True, exist_ok=True)
