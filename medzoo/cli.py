@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.formatwarning = _format_warning
     try:
         registry().add_commands(cli)
-    except MedzooError as exc:  # e.g. two plugins claiming one name: nothing can work until it is fixed
+    except MedzooError as exc:  # plugin problems (name clashes, failing hooks) are warnings; this is anything else
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     cli.main(args=argv, prog_name="medzoo")

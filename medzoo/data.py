@@ -105,9 +105,14 @@ class DataSource:
         """sha256 of what the data *is*: records (ids, labels, splits, patients), classes, rows left out by
         --skip-bad and the content of every declared file — not where it lives. Files are hashed once per
         source (and, across runs, only when their size, mtime or inode changed)."""
+        return identity.fingerprint(self, self.content())
+
+    def content(self) -> dict:
+        """The digests of every declared file (what ``fingerprint`` and the pixel identity are computed
+        from), hashed on first use and kept for this source's life; ``verify`` refreshes them."""
         if self._content is None:
             self._content = identity.content(self)
-        return identity.fingerprint(self, self._content)
+        return self._content
 
     def verify(self) -> list[str]:
         """Re-hash every declared file whatever its cached stat says; returns the files whose bytes

@@ -74,9 +74,7 @@ def export_split(dataset: str, out: str | os.PathLike, *, split: str = "test", l
                             *([f"masks/{name}"] if seg else [])])
                 n += 1
         (tmp / "labels.csv").write_text(buf.getvalue())
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
+        store.swap_dir(tmp, out)  # replaces only an empty folder, checked above
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -193,8 +193,6 @@ def fingerprint(source: DataSource, files: dict) -> str:
 def pixels_key(source: DataSource) -> str:
     """The identity of the pixels alone (record ids and file content, not labels or splits): what a store
     of per-image hashes is keyed by, so re-splitting or relabelling the same images reuses it."""
-    if source._content is None:
-        source._content = content(source)
-    blob = json.dumps({"identity": IDENTITY_VERSION, "name": public_dataset(source.name), "content": source._content,
+    blob = json.dumps({"identity": IDENTITY_VERSION, "name": public_dataset(source.name), "content": source.content(),
                        "ids": sorted(r.id for r in source.records)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

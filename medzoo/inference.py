@@ -265,10 +265,8 @@ class _Staged:
     def commit(self) -> None:
         for kind, tmp in list(self.tmp.items()):
             final = self.final[kind]
-            if kind == "masks" and self.replace_masks and final.exists():
-                shutil.rmtree(final)  # ours, checked by the caller: the previous run's masks
-            if not final.exists():
-                os.rename(tmp, final)
+            if (kind == "masks" and self.replace_masks) or not final.exists():
+                store.swap_dir(tmp, final)  # replaces only the previous run's masks, checked by the caller
             else:
                 for f in sorted(tmp.iterdir()):
                     os.replace(f, final / f.name)

@@ -341,7 +341,9 @@ class Registry:
             for name in sorted(only - set(available)):
                 _warn(f"MEDZOO_LOAD_PLUGINS names '{name}', which no installed plugin is"
                       f"{_did_you_mean(name, available)} (plugins: {', '.join(available)})")
-        for ep in eps:
+        # medzoo's own entry points first, so that a third-party package reusing one of their names is the one
+        # skipped (as :meth:`_rank` does for entries); otherwise in sys.path order
+        for ep in sorted(eps, key=lambda ep: getattr(getattr(ep, "dist", None), "name", None) != FIRST_PARTY):
             if only is not None and ep.name not in only:
                 continue
             dist = getattr(ep, "dist", None)
@@ -386,11 +388,30 @@ class Registry:
         _warn(f"plugin {self._who(plugin)} raised in {hook} and was skipped: {msg}")
 
     def add_commands(self, cli: Any) -> None:
+        """Let each plugin add its commands to the click group ``cli``. A command name already taken (a core
+        command such as ``train``, or an earlier plugin's, also inside a group such as ``data``) is refused:
+        the earlier command is put back and one warning names the plugin."""
+        def commands(group: Any, prefix: str = "") -> dict[str, Any]:
+            found = {}
+            for name, cmd in getattr(group, "commands", {}).items():
+                found[prefix + name] = (group, name, cmd)
+                found.update(commands(cmd, f"{prefix}{name} "))
+            return found
+
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            before = commands(cli)
             try:
                 impl.function(cli=cli)
             except Exception as exc:
                 self._hook_failed(impl.plugin_name, "register_commands", exc)
+            taken = [path for path, (group, name, cmd) in before.items() if group.commands.get(name) is not cmd]
+            for path in taken:
+                group, name, cmd = before[path]
+                group.commands[name] = cmd
+            if taken:
+                _warn(f"plugin {self._who(impl.plugin_name)} registers the command(s) "
+                      f"{', '.join(repr(t) for t in taken)}, which medzoo or an earlier plugin already has: "
+                      "skipped, the existing command stays; rename it in that plugin (a prefix like 'acme-')")
 
     # -- lookup ---------------------------------------------------------------------------
     def list(self, kind: str) -> list[Any]:

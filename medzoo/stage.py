@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from . import data as mzdata
-from . import licenses, models, speed, store
+from . import licenses, models, optim, speed, store
 from ._version import __version__
 from .cache import read_settings
 from .devices import pick_device
@@ -223,68 +223,11 @@ class StageTrainer:
         if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
             loader.sampler.set_epoch(epoch)
 
-    def _param_groups(self, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
-        r = self.recipe
-        no_decay = set(getattr(self.model, "no_weight_decay", lambda: set())())
-        groups: dict[tuple[float, float], list] = {}
-        for n, p in self.model.named_parameters():
-            wd = 0.0 if p.ndim <= 1 or n in no_decay else r["weight_decay"]
-            groups.setdefault((lr_scales.get(n, 1.0), wd), []).append(p)
-        return [{"params": ps, "lr": r["lr"] * s, "weight_decay": wd, "lr_scale": s} for (s, wd), ps in groups.items()]
-
     def _optimizer(self, lr_scales: dict[str, float]) -> torch.optim.Optimizer:
-        r = self.recipe
-        params = self._param_groups(lr_scales)
-        if r["optimizer"] == "sgd":
-            return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], nesterov=True)
-        cls = torch.optim.AdamW if r["optimizer"] == "adamw" else torch.optim.Adam
-        return cls(params, lr=r["lr"])
-
-    def _rescale(self, opt: torch.optim.Optimizer, sched, lr_scales: dict[str, float]) -> None:
-        """Regroup the optimizer by this epoch's lr scales when the freeze policy changed them. Per-parameter
-        state (Adam moments, momentum) is keyed by the parameter, so it stays; the schedule's current factor
-        carries over to the new groups."""
-        new = self._param_groups(lr_scales)
-
-        def layout(groups):
-            return [(g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in groups]
-
-        if layout(new) == layout(opt.param_groups):
-            return
-        lambda_lr = isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
-        if lambda_lr:
-            factor = sched.lr_lambdas[0](sched.last_epoch)
-        else:  # ReduceLROnPlateau: every group has been cut by the same factor so far
-            ref = next((g for g in opt.param_groups if g["lr_scale"]), None)
-            factor = ref["lr"] / (self.recipe["lr"] * ref["lr_scale"]) if ref else 1.0
-        hyper = {k: v for k, v in opt.param_groups[0].items()
-                 if k not in ("params", "lr", "weight_decay", "lr_scale", "initial_lr")}  # betas, eps, momentum…
-        for g in new:
-            base = g["lr"]
-            g.update(hyper, lr=base * factor, **({"initial_lr": base} if lambda_lr else {}))
-        opt.param_groups[:] = new
-        if lambda_lr:
-            sched.base_lrs = [g["initial_lr"] for g in new]
-            sched.lr_lambdas = [sched.lr_lambdas[0]] * len(new)
-            sched._last_lr = [g["lr"] for g in new]
+        return optim.optimizer(self.model, self.recipe, lr_scales)
 
     def _scheduler(self, opt, steps_per_epoch: int):
-        r = self.recipe
-        if r["schedule"] == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min" if self.metric == "loss" else "max",
-                                                              factor=0.5, patience=max(1, r["patience"] // 2))
-        total = max(1, r["epochs"] * steps_per_epoch)
-        warm = r["warmup_epochs"] * steps_per_epoch
-        cosine = r["schedule"] == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not cosine:
-                return 1.0
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return optim.scheduler(opt, self.recipe, self.metric, steps_per_epoch)
 
     def _criterion(self):
         r, classes = self.recipe, len(self.source.classes)
@@ -386,7 +329,7 @@ class StageTrainer:
     def _epoch_loop(self, start: int) -> None:
         for epoch in range(start, self.recipe["epochs"]):
             te = time.time()
-            self._rescale(self.opt, self.sched, self._apply_policy(epoch))
+            optim.rescale(self.opt, self.sched, self.model, self.recipe, self._apply_policy(epoch))
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             train_loss = self._train_epoch(self._parallel(self.net), self.opt, self.sched, self.scaler, self.criterion,
                                            self.amp_dtype, self.cl, epoch)

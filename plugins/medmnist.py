@@ -27,6 +27,7 @@ from medzoo.plugin import (
     download_file,
     hookimpl,
     license_id,
+    swap_dir,
     tmp_folder,
     url_of,
 )
@@ -142,11 +143,11 @@ def unpack_npz(npz: Path) -> Path:
                     shutil.copyfileobj(src, dst, 1 << 22)  # streamed: never the whole array in memory
         (tmp / MD5_FILE).write_text(_md5(npz))
         (tmp / "done").touch()
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise MedzooError(f"{npz}: truncated or corrupt npz ({exc}); re-download it") from None
+    try:
+        swap_dir(tmp, out)  # a lost race with another process is its own MedzooError, not a corrupt npz
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

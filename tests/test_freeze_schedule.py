@@ -36,6 +36,9 @@ def seen(monkeypatch):
         names = {id(p): n for n, p in self.model.named_parameters()}
         lrs = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
         steps = {names[id(p)]: float(s["step"]) for p, s in opt.state.items() if "step" in s}
+        # the schedule keeps one entry per group (ReduceLROnPlateau's min_lrs: IndexError before torch 2.6)
+        per_group = [len(getattr(sched, k)) for k in ("min_lrs", "base_lrs", "lr_lambdas") if hasattr(sched, k)]
+        assert per_group and set(per_group) == {len(opt.param_groups)}
         epochs.append((epoch, lrs, steps, len(opt.param_groups)))
         return original(self, net, opt, sched, scaler, criterion, amp_dtype, channels_last, epoch)
 
@@ -43,7 +46,7 @@ def seen(monkeypatch):
     return epochs
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "plateau"])
 def test_lr_scales_returned_at_every_epoch_are_applied(halving, seen, schedule):
     medzoo.train("resnet18", "scratch,phantom_lesion", precision="fp32",
                  overrides=TINY + ["freeze=halving", f"schedule={schedule}", "warmup_epochs=0", "lr=0.002"])

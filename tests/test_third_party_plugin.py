@@ -153,3 +153,58 @@ def test_a_name_clash_disables_the_third_party_entry_and_keeps_the_cli_working(c
     rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
     disabled = {r["name"]: r for r in rows}["medzoo_clash"]["disabled"]
     assert disabled == ["architecture 'resnet18' (taken by 'timm_archs')"]
+
+
+HIJACK = '''
+from medzoo.plugin import hookimpl
+
+
+@hookimpl
+def register_archs(register):
+    pass
+'''
+
+COMMANDS = '''
+import click
+from medzoo.plugin import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command(name="train")
+    def not_train():
+        click.echo("the plugin's train")
+
+    @cli.command(name="cmdclash-hello")
+    def hello():
+        click.echo("hello from cmdclash")
+'''
+
+
+@pytest.fixture(scope="module")
+def taken_site(tmp_path_factory):
+    """A package whose entry point is named like a first-party plugin ('timm_archs'), and one that registers
+    a command named 'train'; both installed where they are found before medzoo itself."""
+    root = tmp_path_factory.mktemp("taken")
+    pkgs = [_package(root, "medzoo-hijack", "timm_archs", HIJACK),
+            _package(root, "medzoo-cmdclash", "medzoo_cmdclash", COMMANDS)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(root / "site"), *map(str, pkgs)], check=True, capture_output=True)
+    return str(root / "site")
+
+
+def test_a_third_party_entry_point_named_like_a_first_party_plugin_is_the_one_skipped(taken_site):
+    proc = run_cli("info", "resnet18", env=_env(taken_site))
+    assert proc.returncode == 0, proc.stderr
+    assert "plugin: timm_archs (package medzoo" in proc.stdout
+    assert "plugin name 'timm_archs' from package medzoo-hijack is already taken by package medzoo" in proc.stderr
+
+
+def test_a_plugin_command_cannot_replace_a_core_command(taken_site):
+    env = _env(taken_site)
+    proc = run_cli("train", "--help", env=env)
+    assert proc.returncode == 0 and "--stages" in proc.stdout and "the plugin's train" not in proc.stdout
+    warning = [line for line in proc.stderr.splitlines() if "'train'" in line]
+    assert len(warning) == 1 and "'medzoo_cmdclash' (package medzoo-cmdclash)" in warning[0], proc.stderr
+    # the plugin's other command is kept
+    assert run_cli("cmdclash-hello", env=env).stdout.strip() == "hello from cmdclash"
