@@ -21,7 +21,8 @@ Hooks and specs
     (``@key=value`` pairs, text) and ``name`` (as written). A weight source's ``load(arch=…)`` receives one.
     ``registry()``: the process-wide registry; ``registry().resolve(kind, name) -> Ref`` with ``kind`` one of
     ``archs``, ``datasets``, ``policies``, ``sources``, ``keymaps``, ``loggers``, ``steps``, ``readers``
-    (refuses unknown names with a did-you-mean).
+    (refuses unknown names with a did-you-mean); ``registry().list(kind)``: the registered specs, sorted by name;
+    ``registry().entries[kind]``: ``{name: spec}`` for a lookup that may miss (read-only: register through hooks).
 
 Errors and messages
     ``MedzooError``: raise it for anything the user can fix; its text is one line naming the problem and the fix
@@ -84,7 +85,8 @@ Models and weights
 Files
     ``medzoo_home()``: ``$MEDZOO_HOME``; ``slug(text)``: a name part safe in file names; ``atomic_write(path,
     data)``: readers see the old content or the new, never a part.
-    ``swap_dir(tmp, final)``: move a completed folder into place, replacing the old one atomically (a
+    ``swap_dir(tmp, final)``: move a completed folder into place; the old one is renamed aside first, so for a
+    moment neither is at ``final`` (readers retry or fail, never see a half folder) (a
     concurrent writer that got there first wins, with a MedzooError).
     ``download_file(url, dest, md5=)``: a resumable, md5-checked download into place (a dataset's
     ``download``); ``md5_file(path)``.

@@ -54,7 +54,7 @@ class ArchSpec:
       prefixes; a parameter joins the group of its longest matching prefix ('' matches every name), one
       matching none joins no group. Freeze policies get these groups (``groups=``). Empty: timm's coarse
       ``group_matcher`` where the model has one, else one group per top-level child.
-    - ``hub_layout``: the ``medzoo.hublayout.HubLayout`` it publishes in and loads from (None: medzoo's own,
+    - ``hub_layout``: the ``medzoo.plugin.HubLayout`` it publishes in and loads from (None: medzoo's own,
       loadable with ``medzoo.load`` only); it also gives the model card's "how to load" code.
     - ``rebuild(config=, lineage=, num_classes=, in_chans=) -> nn.Module``: how ``medzoo.load`` builds the
       model a checkpoint's ``config.json`` describes, before loading its weights (None: ``build`` with the
@@ -78,7 +78,7 @@ class ArchSpec:
     arg_required: bool = True
     options: Mapping[str, str] = field(default_factory=dict)  # ``@key=value`` options -> what they do
     # segmentation archs: the classification arch that classification stages of the chain train, and
-    # ``load_parent(model, state, keep_head=, origin=) -> medzoo.models.Transfer`` mapping its weights in
+    # ``load_parent(model, state, keep_head=, origin=) -> medzoo.plugin.Transfer`` mapping its weights in
     classifier: str | None = None
     load_parent: Callable[..., Any] | None = None
     plugin: str = ""
@@ -96,7 +96,7 @@ class ArchSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset. ``open(root=, arg=)`` returns a ``medzoo.data.DataSource`` for the data under ``root``.
+    """A dataset. ``open(root=, arg=)`` returns a ``medzoo.plugin.DataSource`` for the data under ``root``.
 
     ``citation``: how its authors ask to be cited (the model card lists it for every stage trained on it;
     empty: the card points to ``docs``).
@@ -136,7 +136,7 @@ class FreezePolicySpec:
     epoch start and may return ``{param_name: lr_scale}``, applied to that epoch (optimizer state kept).
     ``groups`` are the model's block groups, input to output, head last (``medzoo.models.block_groups`` with
     the architecture's ``ArchSpec.group_prefixes``); passed to an ``apply`` that takes ``groups`` or ``**ctx``.
-    A policy that only picks another one (``auto``) gives ``resolve(arg=, n_train=) -> policy name`` instead.
+    A policy that only picks another one (``auto``) gives ``resolve(arg=, n_train=, task=) -> policy name`` instead.
     ``check(arg)`` raises MedzooError on a bad argument, so a recipe naming ``lld:7`` fails when it is read,
     not after a stage is built."""
 
@@ -154,7 +154,7 @@ class FreezePolicySpec:
 
 @dataclass(frozen=True)
 class WeightSourceSpec:
-    """Where a chain's first weights come from. ``load(arch=, arg=)`` returns a ``medzoo.models.SourceWeights``."""
+    """Where a chain's first weights come from. ``load(arch=, arg=)`` returns a ``medzoo.plugin.SourceWeights``."""
 
     name: str
     load: Callable[..., Any]
@@ -192,8 +192,8 @@ class KeyMapSpec:
 
 @dataclass(frozen=True)
 class LoggerSpec:
-    """An experiment tracker for ``medzoo train --log NAME``. ``create(run_info)`` (a ``medzoo.tracking.RunInfo``)
-    is called once per chain before anything trains and returns a ``medzoo.tracking.Logger``; it writes nothing
+    """An experiment tracker for ``medzoo train --log NAME``. ``create(run_info)`` (a ``medzoo.plugin.RunInfo``)
+    is called once per chain before anything trains and returns a ``medzoo.plugin.Logger``; it writes nothing
     and contacts no server (that waits for ``start``), and raises MedzooError when its library is missing (naming
     ``pip install 'medzoo[<extra>]'``), so a missing extra fails before the first epoch, not after it."""
 
