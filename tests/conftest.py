@@ -9,6 +9,12 @@ import medzoo.registry
 
 BIN = Path(sys.executable).parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    # two workers share the cores: one intra-op thread each, else each worker's torch oversubscribes them
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
